@@ -1,0 +1,1 @@
+"""The admin app (Starlette), on its own port."""

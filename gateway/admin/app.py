@@ -1,0 +1,121 @@
+"""Admin endpoints: health, readiness, metrics, and the bearer-token admin API.
+
+``/healthz``, ``/readyz`` and ``/metrics`` are open on the admin port. Everything
+under ``/admin/`` needs ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``; without that
+env var the admin API is off (404).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.errors import problem_body
+from gateway.runtime import Runtime
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+_SECRET_KEY = re.compile(r"(password|secret|token|key)$", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]+@")
+PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def problem(status: int, kind: str, title: str, detail: str) -> Response:
+    return Response(
+        problem_body(status, kind, title, detail), status, media_type="application/problem+json"
+    )
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """The config with passwords in URLs and secret-looking keys replaced by ``***``."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if isinstance(value, str):
+        if _SECRET_KEY.search(key) and value:
+            return "***"
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    return value
+
+
+def build_admin_app(runtime: Runtime, token: str | None) -> Starlette:
+    def guarded(endpoint: Endpoint) -> Endpoint:
+        async def check(request: Request) -> Response:
+            if not token:
+                detail = "the admin API is off: set GATEWAY_ADMIN_TOKEN to enable it"
+                return problem(404, "admin-disabled", "Not Found", detail)
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                detail = "a valid `Authorization: Bearer <token>` is required"
+                response = problem(401, "unauthorized", "Unauthorized", detail)
+                response.headers["www-authenticate"] = 'Bearer realm="gateway-admin"'
+                return response
+            return await endpoint(request)
+
+        return check
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        if runtime.ready:
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("draining\n", status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(runtime.metrics.render(), media_type=PROM_CONTENT_TYPE)
+
+    async def config(request: Request) -> Response:
+        snapshot = runtime.snapshot
+        doc = snapshot.config.model_dump(mode="json")
+        for route in doc.get("routes", []):
+            route["policies"] = {
+                name: (value.model_dump(mode="json") if hasattr(value, "model_dump") else value)
+                for name, value in snapshot.config.routes[
+                    [r.name for r in snapshot.config.routes].index(route["name"])
+                ].policies.items()
+            }
+        return JSONResponse(
+            {
+                "digest": snapshot.digest,
+                "loaded_at": snapshot.loaded_at,
+                "config": mask_secrets(doc),
+            }
+        )
+
+    async def routes(request: Request) -> Response:
+        out = []
+        for route in runtime.snapshot.router.routes:
+            match = route.match.model_dump(mode="json", exclude_none=True)
+            out.append(
+                {
+                    "name": route.name,
+                    "match": match,
+                    "upstream": route.upstream,
+                    "policies": route.policy_names,
+                }
+            )
+        return JSONResponse({"routes": out})
+
+    async def reload(request: Request) -> Response:
+        ok = await runtime.reload()
+        status = 200 if ok else 422
+        return JSONResponse({"reloaded": ok, "digest": runtime.snapshot.digest}, status_code=status)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/admin/config", guarded(config)),
+            Route("/admin/routes", guarded(routes)),
+            Route("/admin/reload", guarded(reload), methods=["POST"]),
+        ]
+    )

@@ -1,0 +1,73 @@
+"""Builds a route's chain from its policies and runs it; shadow mode lives here.
+
+The chain is an onion of closures composed once per snapshot: each policy gets the
+next handler as ``call_next``. A policy in ``mode: shadow`` runs and records its
+decisions, but the runner guarantees it changes nothing:
+
+* if it answered by itself (429, cache hit, ...), that answer is discarded and the
+  rest of the chain runs as if the policy were absent;
+* if it called ``call_next``, the first response from below is what goes back up,
+  even if the policy replaced it.
+
+Decisions a shadow policy records are flagged ``shadow=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gateway.exchange import Exchange, Response
+from gateway.policies.base import Policy
+from gateway.types import Handler
+
+
+def _mark_shadow(exchange: Exchange, since: int) -> None:
+    decisions = exchange.decisions
+    for i in range(since, len(decisions)):
+        decisions[i] = dataclasses.replace(decisions[i], shadow=True)
+
+
+def _enforcing(policy: Policy[Any], call_next: Handler) -> Handler:
+    async def handler(exchange: Exchange) -> Response:
+        return await policy(exchange, call_next)
+
+    return handler
+
+
+def _shadowed(policy: Policy[Any], call_next: Handler) -> Handler:
+    async def handler(exchange: Exchange) -> Response:
+        below: list[Response] = []
+
+        async def capture(ex: Exchange) -> Response:
+            if below:  # a shadow policy calling again (retry): nothing more goes upstream
+                return below[0]
+            response = await call_next(ex)
+            below.append(response)
+            return response
+
+        since = len(exchange.decisions)
+        try:
+            answer = await policy(exchange, capture)
+        except Exception:
+            # A shadow policy must not change the outcome, not even by failing.
+            _mark_shadow(exchange, since)
+            exchange.decide(policy.label, "shadow_error")
+            if below:
+                return below[0]
+            return await call_next(exchange)
+        _mark_shadow(exchange, since)
+        if below:
+            return below[0]
+        await answer.aclose()
+        return await call_next(exchange)
+
+    return handler
+
+
+def build_chain(policies: list[Policy[Any]], terminal: Handler) -> Handler:
+    """Compose ``policies`` (outermost first) around ``terminal``."""
+    handler = terminal
+    for policy in reversed(policies):
+        handler = _shadowed(policy, handler) if policy.shadow else _enforcing(policy, handler)
+    return handler

@@ -1,0 +1,1 @@
+"""Policy file: models, units, loading with line numbers, snapshot building."""

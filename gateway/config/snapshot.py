@@ -1,0 +1,188 @@
+"""A Snapshot: everything one config file compiles to, immutable once built.
+
+Building is a pure function of the parsed config and the long-lived resources
+(stores, transports, metrics). Front-ends read ``runtime.snapshot`` once per request,
+so a reload never changes a request half-way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.chain import build_chain
+from gateway.config.loader import Positions, format_loc
+from gateway.config.models import GatewayConfig
+from gateway.edge import problem_response, upstream_error_response
+from gateway.errors import ConfigError, ConfigIssue, GatewayError, StoreError, UpstreamError
+from gateway.exchange import Exchange, Response, new_trace_id
+from gateway.observability.logs import AccessLog
+from gateway.observability.metrics import Metrics
+from gateway.policies import REGISTRY, ordered
+from gateway.policies.base import BuildContext, Policy
+from gateway.routing import Route, Router
+from gateway.stores import Stores
+from gateway.transport.forward import UpstreamPool, make_forwarder
+from gateway.transport.headers import parse_networks, resolve_client_ip
+from gateway.types import Clock
+
+log = logging.getLogger("gateway")
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def trace_id_from(traceparent: bytes | None) -> str:
+    """The trace id of a valid W3C ``traceparent``, else a new one."""
+    if traceparent is not None and len(traceparent) >= 55 and traceparent[2:3] == b"-":
+        tid = traceparent[3:35]
+        if set(tid) <= _HEX and tid != b"0" * 32:
+            return tid.decode()
+    return new_trace_id()
+
+
+@dataclass
+class Resources:
+    """Long-lived things a snapshot uses but does not own."""
+
+    stores: Stores
+    metrics: Metrics
+    access_log: AccessLog
+    pools: dict[str, UpstreamPool]
+    clock: Clock = time.monotonic
+    replicas: int = 1
+
+
+@dataclass
+class Snapshot:
+    config: GatewayConfig
+    router: Router
+    pools: dict[str, UpstreamPool]
+    policies: list[Policy[Any]]
+    resources: Resources
+    digest: str = ""
+    trusted: tuple[Any, ...] = ()
+    loaded_at: float = field(default_factory=time.time)
+
+    async def dispatch(self, exchange: Exchange) -> Response:
+        """Route and run the chain; every failure becomes a problem+json response."""
+        if self.trusted:
+            exchange.client_ip = resolve_client_ip(exchange.peer_ip, exchange.headers, self.trusted)
+        exchange.trace_id = trace_id_from(exchange.header(b"traceparent"))
+        match = self.router.match(exchange.method, exchange.path, exchange.host, exchange.headers)
+        route = match.route
+        if route is None:
+            if match.allowed:
+                allow = ", ".join(sorted(match.allowed)).encode()
+                return problem_response(
+                    exchange, 405, "method-not-allowed", "Method Not Allowed",
+                    f"{exchange.method} is not allowed here; allowed: {allow.decode()}",
+                    [(b"allow", allow)],
+                )  # fmt: skip
+            return problem_response(
+                exchange, 404, "no-route", "Not Found", f"no route matches {exchange.path}"
+            )
+        exchange.route = route
+        exchange.path_params = match.params
+        assert route.handler is not None
+        try:
+            return await route.handler(exchange)
+        except UpstreamError as exc:
+            return upstream_error_response(exchange, exc)
+        except StoreError as exc:
+            log.warning("route %s: store error reached the edge: %s", route.name, exc)
+            return problem_response(exchange, 503, "store-unavailable", "Service Unavailable",
+                                    "a state store is unavailable")  # fmt: skip
+        except GatewayError as exc:
+            log.error("route %s: %s", route.name, exc)
+            return problem_response(exchange, 502, "gateway-error", "Bad Gateway", str(exc))
+        except Exception:
+            log.exception("route %s: unexpected error (trace %s)", route.name, exchange.trace_id)
+            return problem_response(
+                exchange, 500, "internal", "Internal Server Error",
+                "the gateway failed to handle this request; see its log for the trace id",
+            )  # fmt: skip
+
+    def finish(self, exchange: Exchange, status: int, bytes_out: int) -> None:
+        """Called by the front-end after the last response byte: metrics, log, callbacks."""
+        duration = time.perf_counter() - exchange.start
+        route = exchange.route.name if exchange.route is not None else "none"
+        res = self.resources
+        res.metrics.request_done(route, exchange.method, status, duration)
+        for d in exchange.decisions:
+            res.metrics.decision(route, d.policy, d.action, d.shadow)
+        res.access_log.write(exchange, status, bytes_out, duration, route)
+
+    async def start(self) -> None:
+        for policy in self.policies:
+            await policy.start()
+
+    async def stop(self) -> None:
+        for policy in self.policies:
+            try:
+                await policy.stop()
+            except Exception:
+                log.exception("policy %s failed to stop", policy.label)
+
+
+def build_snapshot(
+    config: GatewayConfig,
+    resources: Resources,
+    positions: Positions | None = None,
+    base_dir: Path | None = None,
+    digest: str = "",
+) -> Snapshot:
+    """Compile routes and chains. Raises ConfigError (with positions) on any failure."""
+    trusted = parse_networks(config.trusted_proxies)
+    routes: list[Route] = []
+    all_policies: list[Policy[Any]] = []
+    issues: list[ConfigIssue] = []
+    file = positions.file if positions else "<config>"
+    for i, spec in enumerate(config.routes):
+        route = Route.compile(spec.name, spec.upstream, spec.match)
+        pool = resources.pools.get(spec.upstream)
+        if pool is None:
+            issues.append(ConfigIssue(file, 1, 1, f"upstream {spec.upstream!r} has no pool"))
+            continue
+        ctx = BuildContext(
+            route=spec.name,
+            upstream=spec.upstream,
+            stores=resources.stores,
+            metrics=resources.metrics,
+            clock=resources.clock,
+            base_dir=base_dir or Path.cwd(),
+            replicas=resources.replicas,
+        )
+        chain: list[Policy[Any]] = []
+        for name in ordered(list(spec.policies)):
+            try:
+                chain.extend(REGISTRY[name].build(spec.policies[name], ctx))
+            except (ValueError, KeyError, OSError) as exc:
+                loc = ("routes", i, "policies", name)
+                message = f"{format_loc(loc)}: {exc.args[0] if exc.args else exc}"
+                issues.append(
+                    positions.issue(loc, message) if positions else ConfigIssue(file, 1, 1, message)
+                )
+        terminal = make_forwarder(pool, trusted, resources.metrics)
+        route.handler = build_chain(chain, terminal)
+        route.policy_names = [p.label for p in chain]
+        route.policies = chain
+        routes.append(route)
+        all_policies.extend(chain)
+    if issues:
+        raise ConfigError(issues)
+    return Snapshot(
+        config=config,
+        router=Router(routes),
+        pools=resources.pools,
+        policies=all_policies,
+        resources=resources,
+        digest=digest,
+        trusted=trusted,
+    )
+
+
+SnapshotFactory = Callable[[GatewayConfig], Snapshot]

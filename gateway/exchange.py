@@ -1,0 +1,270 @@
+"""The per-request context (Exchange) and the Response that policies return.
+
+Policies read and write the exchange; they never keep request state on ``self``.
+Headers are the raw ``(name, value)`` byte pairs as received; names keep their case
+and lookups compare case-insensitively, so nothing is converted per request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gateway.types import Headers
+
+if TYPE_CHECKING:
+    from gateway.routing import Route
+
+
+class ByteStream(Protocol):
+    """An async iterator of body chunks that can be closed early."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upgraded(Protocol):
+    """A raw byte pipe to the upstream after a ``101 Switching Protocols``."""
+
+    async def read(self) -> bytes:
+        """The next bytes from the upstream; ``b""`` when it closed."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Chained:
+    """Already-read chunks, then the rest of the stream they came from."""
+
+    def __init__(self, prefix: list[bytes], rest: ByteStream) -> None:
+        self._prefix = prefix
+        self._rest = rest
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        prefix, self._prefix = self._prefix, []
+        for chunk in prefix:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()
+
+
+async def buffer_stream(stream: ByteStream, limit: int) -> tuple[bytes | None, ByteStream | None]:
+    """Read ``stream`` whole if it fits in ``limit`` bytes.
+
+    Returns ``(body, None)`` when it fits, or ``(None, replacement)`` when it does not,
+    where ``replacement`` yields every byte of the original stream (nothing is lost).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    iterator = stream.__aiter__()
+    async for chunk in iterator:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None, _Chained(chunks, stream)
+    return b"".join(chunks), None
+
+
+def find_header(headers: Headers, name: bytes) -> bytes | None:
+    """First value of header ``name`` (lower-case bytes), or None."""
+    for key, value in headers:
+        if len(key) == len(name) and key.lower() == name:
+            return value
+    return None
+
+
+def find_all(headers: Headers, name: bytes) -> list[bytes]:
+    """Every value of header ``name`` (lower-case bytes), in order."""
+    return [v for k, v in headers if len(k) == len(name) and k.lower() == name]
+
+
+class Response:
+    """What a policy or the transport answers.
+
+    The body is either whole (``body``) or streamed (``stream``, not None). A ``101``
+    from the upstream carries ``upgraded``, the byte pipe the front-end relays.
+    """
+
+    __slots__ = ("body", "headers", "reason", "status", "stream", "upgraded")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        stream: ByteStream | None = None,
+        reason: bytes = b"",
+        upgraded: Upgraded | None = None,
+    ) -> None:
+        self.status = status
+        self.headers: Headers = headers if headers is not None else []
+        self.body = body
+        self.stream = stream
+        self.reason = reason
+        self.upgraded = upgraded
+
+    def header(self, name: bytes) -> bytes | None:
+        return find_header(self.headers, name)
+
+    async def read(self, limit: int) -> bool:
+        """Buffer a streamed body up to ``limit`` bytes; False (body still intact) if larger."""
+        if self.stream is None:
+            return len(self.body) <= limit
+        body, rest = await buffer_stream(self.stream, limit)
+        if body is None:
+            self.stream = rest
+            return False
+        self.body, self.stream = body, None
+        return True
+
+    async def aclose(self) -> None:
+        """Release a streamed body that will not be sent (closes the upstream side)."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            await stream.aclose()
+        if self.upgraded is not None:
+            self.upgraded.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One policy's verdict on a request, for metrics, spans, logs and explain."""
+
+    policy: str
+    action: str
+    detail: str = ""
+    shadow: bool = False
+
+
+CompleteCallback = Callable[["Exchange", int], Awaitable[None] | None]
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+class Exchange:
+    """Everything about one request, from the front-end to the transport and back."""
+
+    __slots__ = (
+        "_complete",
+        "body",
+        "body_stream",
+        "bytes_in",
+        "client_ip",
+        "content_length",
+        "decisions",
+        "headers",
+        "host",
+        "http_version",
+        "method",
+        "path",
+        "path_params",
+        "peer_ip",
+        "query",
+        "raw_target",
+        "route",
+        "scheme",
+        "scratch",
+        "span",
+        "start",
+        "trace_id",
+        "upstream_duration",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        raw_target: bytes,
+        headers: Headers,
+        peer_ip: str,
+        *,
+        scheme: str = "http",
+        http_version: str = "1.1",
+        body: bytes | None = b"",
+        body_stream: ByteStream | None = None,
+        content_length: int | None = None,
+    ) -> None:
+        self.method = method
+        self.raw_target = raw_target
+        qpos = raw_target.find(b"?")
+        if qpos >= 0:
+            raw_path, self.query = raw_target[:qpos], raw_target[qpos + 1 :]
+        else:
+            raw_path, self.query = raw_target, b""
+        # Routing sees the percent-decoded path; the raw target is what goes upstream.
+        self.path = _decode_path(raw_path)
+        self.headers = headers
+        self.peer_ip = peer_ip
+        self.client_ip = peer_ip
+        self.scheme = scheme
+        self.http_version = http_version
+        self.body = body if body_stream is None else None
+        self.body_stream = body_stream
+        # Declared length of a streamed body (None: chunked, length unknown).
+        self.content_length = content_length if body_stream is not None else None
+        self.host = find_header(headers, b"host") or b""
+        self.route: Route | None = None
+        self.path_params: dict[str, str] = {}
+        self.decisions: list[Decision] = []
+        self.scratch: dict[str, Any] = {}
+        self.span: Any = None
+        self.start = time.perf_counter()
+        self.trace_id = ""
+        self.upstream_duration = 0.0
+        self.bytes_in = 0
+        self._complete: list[CompleteCallback] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a request header; ``name`` is lower-case bytes."""
+        return find_header(self.headers, name)
+
+    def decide(self, policy: str, action: str, detail: str = "") -> None:
+        self.decisions.append(Decision(policy, action, detail))
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole request body if it fits in ``limit`` bytes, else None.
+
+        When it does not fit, the body stays intact for the upstream (streamed on).
+        """
+        if self.body is not None:
+            return self.body if len(self.body) <= limit else None
+        assert self.body_stream is not None
+        body, rest = await buffer_stream(self.body_stream, limit)
+        if body is None:
+            self.body_stream = rest
+            return None
+        self.body, self.body_stream, self.content_length = body, None, None
+        return body
+
+    def on_complete(self, callback: CompleteCallback) -> None:
+        """Run ``callback(exchange, status)`` after the last response byte is sent."""
+        if self._complete is None:
+            self._complete = []
+        self._complete.append(callback)
+
+    @property
+    def complete_callbacks(self) -> list[CompleteCallback]:
+        return self._complete or []
+
+
+def _decode_path(raw: bytes) -> str:
+    if b"%" not in raw:
+        return raw.decode("latin-1")
+    from urllib.parse import unquote_to_bytes
+
+    return unquote_to_bytes(raw).decode("utf-8", "replace")

@@ -1,0 +1,1 @@
+"""Front-ends: native (asyncio + httptools) and ASGI (uvicorn); both drive one chain."""

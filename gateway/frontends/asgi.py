@@ -1,0 +1,177 @@
+"""The ASGI front-end: ``GatewayApp`` is a pure ASGI callable (no Starlette per request).
+
+It turns the scope into an Exchange, runs the snapshot's chain, and sends the response.
+Nothing below this module knows about ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.edge import problem_response
+from gateway.errors import UpstreamBodyError
+from gateway.exchange import Exchange, Response
+from gateway.frontends.common import body_allowed, finish, framed_headers
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+class _RequestBody:
+    """The request body as a ByteStream over ASGI ``http.request`` messages."""
+
+    def __init__(self, receive: Receive, exchange: Exchange) -> None:
+        self._receive = receive
+        self._exchange = exchange
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone("client disconnected while sending the body")
+            chunk = message.get("body", b"")
+            if chunk:
+                self._exchange.bytes_in += len(chunk)
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def aclose(self) -> None:
+        return None
+
+
+class GatewayApp:
+    def __init__(self, runtime: Runtime | None = None, config_path: str | None = None) -> None:
+        self.runtime = runtime
+        self._config_path = config_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "websocket":
+            from gateway.frontends.asgi_ws import proxy_websocket
+
+            assert self.runtime is not None
+            await proxy_websocket(self.runtime, scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self.runtime is None:
+                        assert self._config_path is not None
+                        self.runtime = Runtime.from_file(self._config_path)
+                    await self.runtime.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.runtime is not None and self._config_path is not None:
+                    await self.runtime.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.runtime
+        assert runtime is not None, "the runtime starts in the ASGI lifespan"
+        snapshot = runtime.snapshot
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        raw_target: bytes = scope.get("raw_path") or scope["path"].encode()
+        if scope["query_string"]:
+            raw_target += b"?" + scope["query_string"]
+        client = scope.get("client")
+        content_length: int | None = None
+        has_body = False
+        for key, value in headers:
+            if key == b"content-length":
+                content_length = int(value)
+                has_body = content_length > 0
+            elif key == b"transfer-encoding":
+                has_body = True
+        exchange = Exchange(
+            scope["method"],
+            raw_target,
+            headers,
+            client[0] if client else "0.0.0.0",
+            scheme=scope.get("scheme", "http"),
+            http_version=scope.get("http_version", "1.1"),
+        )
+        if has_body:
+            exchange.body = None
+            exchange.body_stream = _RequestBody(receive, exchange)
+            exchange.content_length = content_length
+        runtime.in_flight += 1
+        runtime.metrics.in_flight.inc()
+        status, sent = 500, 0
+        try:
+            try:
+                response = await snapshot.dispatch(exchange)
+            except ClientGone:
+                status = 499
+                return
+            status = response.status
+            sent = await self._send(exchange, response, send)
+        finally:
+            runtime.in_flight -= 1
+            runtime.metrics.in_flight.dec()
+            finish(snapshot, exchange, status, sent)
+
+    async def _send(self, exchange: Exchange, response: Response, send: Send) -> int:
+        if response.status == 101:  # upgrades arrive on the websocket scope, not here
+            await response.aclose()
+            response = problem_response(
+                exchange, 502, "upgrade-failed", "Bad Gateway", "unexpected 101 from upstream"
+            )
+        headers, _ = framed_headers(exchange, response)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if not body_allowed(exchange.method, response.status):
+            await response.aclose()
+            await send({"type": "http.response.body", "body": b""})
+            return 0
+        if response.stream is None:
+            await send({"type": "http.response.body", "body": response.body})
+            return len(response.body)
+        sent = 0
+        stream = response.stream
+        try:
+            async for chunk in stream:
+                if chunk:
+                    sent += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamBodyError as exc:
+            # The response has started: the only honest signal left is to cut the
+            # connection, so the client sees a truncated message, not a complete one.
+            log.warning("upstream body cut after %d bytes: %s", sent, exc)
+            raise
+        except (OSError, asyncio.CancelledError):
+            await stream.aclose()
+            raise
+        await send({"type": "http.response.body", "body": b""})
+        return sent
+
+
+def create_app() -> GatewayApp:
+    """``gateway.asgi:app`` factory: the config file comes from ``GATEWAY_CONFIG``."""
+    import os
+
+    return GatewayApp(config_path=os.environ.get("GATEWAY_CONFIG", "policies/gateway.yaml"))

@@ -1,0 +1,1 @@
+"""Metrics, logs and tracing, wired by the chain runner and the front-ends."""

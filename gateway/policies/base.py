@@ -1,0 +1,90 @@
+"""What every policy is: a frozen config model and one coroutine in the onion.
+
+``async def __call__(self, exchange, call_next) -> Response``: answer by itself,
+call ``call_next`` once or several times, or replace the response on the way out.
+``mode: shadow`` is handled by the chain runner (gateway.chain), not by policies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+from gateway.config.models import Model
+
+if TYPE_CHECKING:
+    from gateway.exchange import Exchange, Response
+    from gateway.observability.metrics import Metrics
+    from gateway.stores import Stores
+    from gateway.types import Clock, Handler
+
+
+class PolicyConfig(Model):
+    """Fields every policy config has."""
+
+    mode: Literal["enforce", "shadow"] = Field(
+        "enforce",
+        description="`enforce` applies the policy; `shadow` decides, counts and logs, but never "
+        "changes the request or the response.",
+    )
+
+
+@dataclass
+class BuildContext:
+    """Long-lived resources a policy may use, handed in when a snapshot is built."""
+
+    route: str
+    upstream: str
+    stores: Stores
+    metrics: Metrics
+    clock: Clock
+    base_dir: Path
+    replicas: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class Policy(Generic[C]):
+    """Base class. Subclasses set ``name`` and ``config_model`` and implement ``__call__``.
+
+    All compiling happens in ``__init__``; ``__call__`` keeps no state on ``self``.
+    """
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: C, ctx: BuildContext) -> None:
+        self.config = config
+        self.route = ctx.route
+
+    @classmethod
+    def build(cls, config: Any, ctx: BuildContext) -> list[Policy[Any]]:
+        """Chain elements for one config entry; a list-valued config may yield several."""
+        return [cls(config, ctx)]
+
+    @property
+    def label(self) -> str:
+        """Name shown in metrics, logs and explain (``rate_limit:per-ip`` for named entries)."""
+        return self.name
+
+    @property
+    def shadow(self) -> bool:
+        return getattr(self.config, "mode", "enforce") == "shadow"
+
+    def explain(self, exchange: Exchange) -> str:
+        """One line for ``gateway explain``: what this policy would key on or do."""
+        return ""
+
+    async def start(self) -> None:
+        """Called once when the snapshot holding this policy goes live."""
+
+    async def stop(self) -> None:
+        """Called once when the snapshot holding this policy is retired."""
+
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+        raise NotImplementedError  # pragma: no cover - abstract

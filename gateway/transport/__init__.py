@@ -1,0 +1,1 @@
+"""The upstream seam: ``Transport.send(UpstreamRequest) -> Response`` (streaming body)."""

@@ -1,0 +1,178 @@
+"""The chain's terminal step: pick a target, prepare the headers, call the transport.
+
+Header preparation lives here, not in each transport, so every transport puts the same
+bytes on the wire: hop-by-hop fields are removed, Host is set per the upstream's
+``host_header``, X-Forwarded-For/Proto/Host and Via are added (client-supplied ones are
+believed only from ``trusted_proxies``), and framing is recomputed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gateway.config.models import Upstream
+from gateway.errors import UpstreamConnectError, UpstreamError
+from gateway.exchange import Exchange, Response
+from gateway.transport.base import Target, Transport, UpstreamRequest
+from gateway.transport.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    IPNetwork,
+    connection_tokens,
+    is_trusted,
+)
+from gateway.types import Handler, Headers
+
+if TYPE_CHECKING:
+    from gateway.observability.metrics import Metrics
+
+#: Consecutive connect failures that take a target out of rotation, and for how long.
+EJECT_AFTER_FAILURES = 3
+EJECT_FOR_SECONDS = 5.0
+
+_RESPONSE_DROP = HOP_BY_HOP
+_UPGRADE_KEEP = frozenset({b"upgrade", b"connection"})
+
+
+class UpstreamPool:
+    """The targets of one upstream, balanced round-robin with passive health."""
+
+    def __init__(self, name: str, config: Upstream, transport: Transport) -> None:
+        self.name = name
+        self.config = config
+        self.transport = transport
+        self.targets = [Target.parse(u) for u in config.all_urls]
+        self._next = 0
+        self._failures = [0] * len(self.targets)
+        self._down_until = [0.0] * len(self.targets)
+
+    def pick(self) -> tuple[int, Target]:
+        count = len(self.targets)
+        if count == 1:
+            return 0, self.targets[0]
+        now = time.monotonic()
+        for _ in range(count):
+            index = self._next % count
+            self._next += 1
+            if self._down_until[index] <= now:
+                return index, self.targets[index]
+        index = self._next % count  # all ejected: try anyway rather than fail outright
+        self._next += 1
+        return index, self.targets[index]
+
+    def report(self, index: int, ok: bool) -> None:
+        if ok:
+            self._failures[index] = 0
+            return
+        self._failures[index] += 1
+        if self._failures[index] >= EJECT_AFTER_FAILURES:
+            self._down_until[index] = time.monotonic() + EJECT_FOR_SECONDS
+            self._failures[index] = 0
+
+
+def request_headers(
+    exchange: Exchange, target: Target, host_mode: str, trusted: tuple[IPNetwork, ...]
+) -> tuple[Headers, bool]:
+    """Headers for the upstream, and whether this is a protocol upgrade request."""
+    headers = exchange.headers
+    listed = connection_tokens(headers) if exchange.header(b"connection") is not None else None
+    upgrade = bool(listed and b"upgrade" in listed and exchange.header(b"upgrade") is not None)
+    believe = trusted and is_trusted(exchange.peer_ip, trusted)
+    out: Headers = []
+    xff: list[bytes] = []
+    proto = forwarded_host = None
+    for key, value in headers:
+        name = key.lower()
+        if name in HOP_BY_HOP or (listed is not None and name in listed):
+            if upgrade and name == b"upgrade":
+                out.append((key, value))
+            continue
+        if name in FORWARDING:
+            if believe:
+                if name == b"x-forwarded-for":
+                    xff.append(value)
+                elif name == b"x-forwarded-proto":
+                    proto = value
+                elif name == b"x-forwarded-host":
+                    forwarded_host = value
+                else:
+                    out.append((key, value))
+            continue
+        if name == b"host" or name == b"content-length":
+            continue
+        out.append((key, value))
+    if host_mode == "preserve":
+        host = exchange.host or target.authority
+    elif host_mode == "upstream":
+        host = target.authority
+    else:
+        host = host_mode.encode("latin-1")
+    peer = exchange.peer_ip.encode("latin-1")
+    xff.append(peer)
+    out.insert(0, (b"host", host))
+    out.append((b"x-forwarded-for", b", ".join(xff)))
+    out.append((b"x-forwarded-proto", proto or exchange.scheme.encode("latin-1")))
+    out.append((b"x-forwarded-host", forwarded_host or exchange.host or host))
+    out.append((b"via", exchange.http_version.encode("latin-1") + b" gateway"))
+    if upgrade:
+        out.append((b"connection", b"upgrade"))
+    if exchange.body is not None:
+        if exchange.body or exchange.method in ("POST", "PUT", "PATCH"):
+            out.append((b"content-length", str(len(exchange.body)).encode()))
+    elif exchange.content_length is not None:
+        out.append((b"content-length", str(exchange.content_length).encode()))
+    return out, upgrade
+
+
+def response_headers(response: Response) -> None:
+    """Remove hop-by-hop fields from an upstream response (in place) and add Via."""
+    headers = response.headers
+    listed = connection_tokens(headers)
+    keep = _UPGRADE_KEEP if response.status == 101 else frozenset()
+    drop = (_RESPONSE_DROP - keep) | (listed - keep)
+    response.headers = [(k, v) for k, v in headers if k.lower() not in drop]
+    response.headers.append((b"via", b"1.1 gateway"))
+
+
+def make_forwarder(
+    pool: UpstreamPool, trusted: tuple[IPNetwork, ...], metrics: Metrics | None
+) -> Handler:
+    """The terminal handler of every chain on routes to ``pool``."""
+    transport = pool.transport
+    timeouts = pool.config.timeouts
+    host_mode = pool.config.host_header
+    observe = metrics.upstream_observer(pool.name) if metrics is not None else None
+    count_error = metrics.upstream_error_counter(pool.name) if metrics is not None else None
+
+    async def forward(exchange: Exchange) -> Response:
+        index, target = pool.pick()
+        headers, upgrade = request_headers(exchange, target, host_mode, trusted)
+        raw = exchange.raw_target
+        request = UpstreamRequest(
+            method=exchange.method,
+            target=target,
+            path=target.base_path + raw if target.base_path else raw,
+            headers=headers,
+            body=exchange.body if exchange.body is not None else exchange.body_stream,
+            timeouts=timeouts,
+            upgrade=upgrade,
+        )
+        started = time.perf_counter()
+        try:
+            response = await transport.send(request)
+        except UpstreamError as exc:
+            if count_error is not None:
+                count_error(exc.kind)
+            pool.report(index, not isinstance(exc, UpstreamConnectError))
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            exchange.upstream_duration += elapsed
+            if observe is not None:
+                observe(elapsed)
+        pool.report(index, True)
+        response_headers(response)
+        return response
+
+    return forward
