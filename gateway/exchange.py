@@ -44,8 +44,11 @@ class Upgraded(Protocol):
 class _Chained:
     """Already-read chunks, then the rest of the stream they came from."""
 
-    def __init__(self, prefix: list[bytes], rest: ByteStream) -> None:
+    def __init__(
+        self, prefix: list[bytes], iterator: AsyncIterator[bytes], rest: ByteStream
+    ) -> None:
         self._prefix = prefix
+        self._iterator = iterator
         self._rest = rest
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -55,7 +58,7 @@ class _Chained:
         prefix, self._prefix = self._prefix, []
         for chunk in prefix:
             yield chunk
-        async for chunk in self._rest:
+        async for chunk in self._iterator:
             yield chunk
 
     async def aclose(self) -> None:
@@ -75,7 +78,7 @@ async def buffer_stream(stream: ByteStream, limit: int) -> tuple[bytes | None, B
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
-            return None, _Chained(chunks, stream)
+            return None, _Chained(chunks, iterator, stream)
     return b"".join(chunks), None
 
 

@@ -149,7 +149,8 @@ def _message(error: Any, loc: Loc, model_fields: dict[Loc, list[str]]) -> tuple[
         parent = loc[:-1]
         known = model_fields.get(parent)
         hint = f"; expected one of: {', '.join(known)}" if known else ""
-        return f"{where}: unknown key {loc[-1]!r}{hint}", True
+        owner = format_loc(parent) or "file"
+        return f"{owner}: unknown key {loc[-1]!r}{hint}", True
     if kind == "missing":
         return f"{format_loc(loc[:-1]) or 'file'}: missing required key {loc[-1]!r}", True
     msg = str(error["msg"])

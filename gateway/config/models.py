@@ -145,7 +145,7 @@ class Match(Model):
                 raise ValueError(
                     f"{self.path!r}: a parameter is {{name}} or {{name:path}} (letters, digits, _)"
                 )
-            if "{" in self.path.split(":path}")[-1] and ":path}" in self.path:
+            if ":path}" in self.path and not self.path.endswith(":path}"):
                 raise ValueError(f"{self.path!r}: {{name:path}} must be the last part")
         if self.methods is not None:
             bad = [m for m in self.methods if m.upper() not in HTTP_METHODS]

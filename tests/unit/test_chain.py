@@ -1,0 +1,186 @@
+"""The chain runner: onion order, answering, calling once or several times, shadow mode."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gateway.chain import build_chain
+from gateway.exchange import Exchange, Response
+from gateway.observability.metrics import Metrics
+from gateway.policies.base import BuildContext, Policy, PolicyConfig
+from gateway.stores import Stores
+from gateway.types import Handler
+
+
+def ctx() -> BuildContext:
+    return BuildContext("r", "app", Stores({}), Metrics(), lambda: 0.0, Path("."))
+
+
+class Answer(Policy[PolicyConfig]):
+    name: ClassVar[str] = "answer"
+    config_model = PolicyConfig
+
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+        exchange.decide(self.name, "reject")
+        return Response(429, body=b"no")
+
+
+class Retry(Policy[PolicyConfig]):
+    name: ClassVar[str] = "retry"
+    config_model = PolicyConfig
+
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+        response = await call_next(exchange)
+        while response.status >= 500 and exchange.scratch.setdefault("tries", 1) < 3:
+            exchange.scratch["tries"] += 1
+            response = await call_next(exchange)
+        exchange.decide(self.name, f"tries={exchange.scratch.get('tries', 1)}")
+        return response
+
+
+class Replace(Policy[PolicyConfig]):
+    name: ClassVar[str] = "replace"
+    config_model = PolicyConfig
+
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+        await call_next(exchange)
+        exchange.decide(self.name, "replaced")
+        return Response(200, body=b"replaced")
+
+
+class Trace(Policy[PolicyConfig]):
+    name: ClassVar[str] = "trace"
+    config_model = PolicyConfig
+
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+        exchange.scratch.setdefault("order", []).append(self.config.mode)
+        return await call_next(exchange)
+
+
+def terminal(statuses: list[int]) -> tuple[Handler, list[int]]:
+    calls: list[int] = []
+
+    async def handler(exchange: Exchange) -> Response:
+        calls.append(1)
+        return Response(statuses[min(len(calls), len(statuses)) - 1], body=b"upstream")
+
+    return handler, calls
+
+
+def run(handler: Handler) -> tuple[Response, Exchange]:
+    exchange = Exchange("GET", b"/", [], "127.0.0.1")
+    return asyncio.run(handler(exchange)), exchange
+
+
+def enforce() -> PolicyConfig:
+    return PolicyConfig()
+
+
+def shadow() -> PolicyConfig:
+    return PolicyConfig(mode="shadow")
+
+
+def test_policy_answers_by_itself() -> None:
+    final, calls = terminal([200])
+    response, ex = run(build_chain([Answer(enforce(), ctx())], final))
+    assert response.status == 429 and not calls
+    assert [(d.policy, d.action, d.shadow) for d in ex.decisions] == [("answer", "reject", False)]
+
+
+def test_shadow_answer_is_discarded_and_recorded() -> None:
+    final, calls = terminal([200])
+    response, ex = run(build_chain([Answer(shadow(), ctx())], final))
+    assert response.status == 200 and response.body == b"upstream" and calls == [1]
+    assert [(d.policy, d.action, d.shadow) for d in ex.decisions] == [("answer", "reject", True)]
+
+
+def test_retry_calls_several_times() -> None:
+    final, calls = terminal([503, 502, 200])
+    response, _ = run(build_chain([Retry(enforce(), ctx())], final))
+    assert response.status == 200 and len(calls) == 3
+
+
+def test_shadow_retry_sends_nothing_more_upstream() -> None:
+    final, calls = terminal([503, 200])
+    response, _ = run(build_chain([Retry(shadow(), ctx())], final))
+    assert response.status == 503 and len(calls) == 1
+
+
+def test_replace_on_the_way_out_and_shadow_keeps_original() -> None:
+    final, _ = terminal([500])
+    assert run(build_chain([Replace(enforce(), ctx())], final))[0].body == b"replaced"
+    response, ex = run(build_chain([Replace(shadow(), ctx())], final))
+    assert response.body == b"upstream" and ex.decisions[0].shadow
+
+
+def test_onion_order() -> None:
+    final, _ = terminal([200])
+    chain = build_chain([Trace(enforce(), ctx()), Trace(shadow(), ctx())], final)
+    _, ex = run(chain)
+    assert ex.scratch["order"] == ["enforce", "shadow"]
+
+
+def test_failing_shadow_policy_changes_nothing() -> None:
+    class Broken(Policy[PolicyConfig]):
+        name: ClassVar[str] = "broken"
+        config_model = PolicyConfig
+
+        async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+            raise RuntimeError("bug")
+
+    final, calls = terminal([200])
+    response, ex = run(build_chain([Broken(shadow(), ctx())], final))
+    assert response.status == 200 and calls == [1]
+    assert ex.decisions[-1].action == "shadow_error"
+
+
+class Chunks:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_read_body_within_and_over_limit() -> None:
+    async def go() -> None:
+        ex = Exchange(
+            "POST", b"/", [], "1.1.1.1", body_stream=Chunks([b"ab", b"cd"]), content_length=4
+        )
+        assert await ex.read_body(10) == b"abcd"
+        assert ex.body_stream is None and ex.content_length is None
+        big = Exchange("POST", b"/", [], "1.1.1.1", body_stream=Chunks([b"ab", b"cd", b"ef"]))
+        assert await big.read_body(3) is None
+        assert big.body_stream is not None
+        assert b"".join([c async for c in big.body_stream]) == b"abcdef"
+
+    asyncio.run(go())
+
+
+def test_response_read_keeps_large_bodies_intact() -> None:
+    async def go() -> None:
+        small = Response(200, stream=Chunks([b"a", b"b"]))
+        assert await small.read(5) and small.body == b"ab" and small.stream is None
+        big = Response(200, stream=Chunks([b"aaa", b"bbb"]))
+        assert not await big.read(4)
+        assert big.stream is not None
+        assert b"".join([c async for c in big.stream]) == b"aaabbb"
+
+    asyncio.run(go())
+
+
+def test_noop_policy_config_surface(tmp_path: Any) -> None:
+    from gateway.policies import ORDER, REGISTRY
+
+    assert set(REGISTRY) <= set(ORDER)
+    assert ORDER.index("rate_limit") < ORDER.index("validate") < ORDER.index("cache")
+    assert ORDER.index("cache") < ORDER.index("retry") < ORDER.index("circuit_breaker")

@@ -1,0 +1,88 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "policies" / "example.yaml"
+
+
+def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(EXAMPLE)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_check_reports_every_error_with_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        EXAMPLE.read_text().replace("read: 30s", "read: soon").replace("prefix: /", "prefx: /")
+    )
+    assert main(["check", str(EXAMPLE), str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert all(line.startswith(f"{bad}:") for line in err)
+    assert any("timeouts.read" in line and "not a duration" in line for line in err)
+    assert any("unknown key 'prefx'" in line for line in err)
+
+
+def test_check_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path / "missing.yaml")]) == 1
+    assert "cannot read the file" in capsys.readouterr().err
+
+
+def test_schema_describes_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "Policy gateway configuration"
+    policies = schema["$defs"]["Route"]["properties"]["policies"]
+    assert "noop" in policies["properties"] and policies["additionalProperties"] is False
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for name, prop in (node.get("properties") or {}).items():
+                assert prop.get("description"), f"{path}.{name} has no description"
+                walk(prop, f"{path}.{name}")
+            for key in ("$defs", "anyOf", "items", "additionalProperties"):
+                if key in node:
+                    walk(node[key], path)
+            if "$defs" in node:
+                for sub in node["$defs"].values():
+                    walk(sub, path)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, path)
+
+    walk(schema, "")
+
+
+def test_explain_route_and_policies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        EXAMPLE.read_text().replace(
+            "    policies: {}              # cache, rate_limit, validate, ... "
+            "(see docs/policies.md)",
+            "    policies:\n      noop: {mode: shadow, respond: 429}",
+        )
+    )
+    assert main(["explain", "-c", str(config), "GET", "/users/42?x=1", "-H", "Accept: a/b"]) == 0
+    out = capsys.readouterr().out
+    assert "route:    users" in out and "id=42" in out
+    assert "1. noop [shadow]: answers 429" in out
+    assert main(["explain", "-c", str(config), "DELETE", "/users/42", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["route"] == "everything-else" and report["policies"] == []
+
+
+def test_explain_404_and_405(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "g.yaml"
+    text = EXAMPLE.read_text()
+    config.write_text(text[: text.index("  - name: everything-else")])
+    assert main(["explain", "-c", str(config), "POST", "/users/1"]) == 0
+    assert "405" in capsys.readouterr().out
+    assert main(["explain", "-c", str(config), "GET", "/nope"]) == 0
+    assert "404" in capsys.readouterr().out
+    assert main(["explain", "-c", str(config), "GET", "/nope", "-H", "bad"]) == 2

@@ -1,0 +1,139 @@
+import textwrap
+
+import pytest
+
+from gateway.config.loader import load_text
+from gateway.errors import ConfigError
+
+GOOD = """\
+version: 1
+listen: 127.0.0.1:8080
+admin: 127.0.0.1:9901
+upstreams:
+  app:
+    url: http://127.0.0.1:8000
+    timeouts: {connect: 2s, read: 30s}
+    pool: {max_connections: 256}
+routes:
+  - name: users
+    match: {path: /users/{id}, methods: [GET, HEAD]}
+    upstream: app
+    policies: {}
+  - name: files
+    match: {path: /files/{rest:path}}
+    upstream: app
+  - name: everything-else
+    match: {prefix: /}
+    upstream: app
+"""
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_text(textwrap.dedent(text), "f.yaml")
+    return [str(i) for i in info.value.issues]
+
+
+def test_issue_example_loads_with_flow_style_templates() -> None:
+    config, _ = load_text(GOOD, "f.yaml")
+    assert config.routes[0].match.path == "/users/{id}"
+    assert config.routes[1].match.path == "/files/{rest:path}"
+    assert config.upstreams["app"].timeouts.read == 30.0
+    assert config.store_specs["memory"].url == "memory://"
+
+
+def test_unknown_key_points_at_the_key() -> None:
+    text = GOOD.replace("    pool: {max_connections: 256}", "    pool: {max_conections: 256}")
+    assert errors(text) == [
+        "f.yaml:8:12: upstreams.app.pool: unknown key 'max_conections'; "
+        "expected one of: max_connections, idle_timeout, max_requests"
+    ]
+
+
+def test_bad_value_points_at_the_value() -> None:
+    text = GOOD.replace("read: 30s", "read: 30 parsecs")
+    (err,) = errors(text)
+    assert err.startswith("f.yaml:7:35: upstreams.app.timeouts.read: ")
+    assert "not a duration" in err
+
+
+def test_missing_key_and_unknown_upstream() -> None:
+    text = GOOD.replace(
+        "    upstream: app\n    policies: {}", "    upstream: nope\n    policies: {}"
+    )
+    text = text.replace("version: 1\n", "")
+    errs = errors(text)
+    assert "f.yaml:1:1: file: missing required key 'version'" in errs
+    assert any(
+        e.startswith("f.yaml:11:15: routes[0].upstream: 'nope' is not in `upstreams`") for e in errs
+    )
+
+
+def test_every_error_is_reported() -> None:
+    text = GOOD.replace("listen: 127.0.0.1:8080", "listen: nowhere").replace(
+        "methods: [GET, HEAD]", "methods: [GET, FETCH]"
+    )
+    errs = errors(text)
+    assert len(errs) == 2
+    assert errs[0].startswith("f.yaml:2:9: listen:")
+    assert errs[1].startswith("f.yaml:11:12: routes[0].match:") and "FETCH" in errs[1]
+
+
+def test_invalid_yaml_position() -> None:
+    (err,) = errors("version: 1\nroutes: [\n  {name: x\n")
+    assert err.startswith("f.yaml:") and "invalid YAML" in err
+
+
+def test_duplicate_keys_are_errors() -> None:
+    (err,) = errors(
+        GOOD.replace("admin: 127.0.0.1:9901", "admin: 127.0.0.1:9901\nlisten: 1.2.3.4:1")
+    )
+    assert err == "f.yaml:4:1: duplicate key 'listen'"
+
+
+def test_unknown_policy_and_bad_policy_option() -> None:
+    text = GOOD.replace(
+        "    policies: {}", "    policies:\n      caching: {}\n      noop: {respond: 42}"
+    )
+    errs = errors(text)
+    assert errs[0].startswith("f.yaml:14:7: routes[0].policies: unknown policy 'caching'")
+    assert errs[1].startswith("f.yaml:15:23: routes[0].policies.noop.respond:")
+
+
+def test_env_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UP_PORT", "9000")
+    text = GOOD.replace("http://127.0.0.1:8000", "http://127.0.0.1:${UP_PORT}")
+    text = text.replace("listen: 127.0.0.1:8080", "listen: ${LISTEN:-127.0.0.1:7000}")
+    config, _ = load_text(text, "f.yaml")
+    assert config.upstreams["app"].url == "http://127.0.0.1:9000"
+    assert config.listen == "127.0.0.1:7000"
+    monkeypatch.delenv("UP_PORT")
+    (err,) = errors(text)
+    assert err == "f.yaml:6:10: environment variable UP_PORT is not set"
+
+
+def test_empty_and_non_mapping_files() -> None:
+    assert errors("") == ["f.yaml:1:1: the file is empty"]
+    assert errors("- 1\n- 2\n") == ["f.yaml:1:1: the file must be a mapping of keys"]
+
+
+def test_config_is_frozen() -> None:
+    config, _ = load_text(GOOD, "f.yaml")
+    with pytest.raises(ValueError):
+        config.listen = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("match", "message"),
+    [
+        ("{path: /a, prefix: /b}", "exactly one of"),
+        ("{path: users}", "must start with /"),
+        ("{path: '/a/{bad-name}'}", "a parameter is"),
+        ("{path: '/a/{rest:path}/b'}", "must be the last part"),
+        ("{}", "exactly one of"),
+    ],
+)
+def test_bad_matches(match: str, message: str) -> None:
+    text = GOOD.replace("{prefix: /}", match)
+    (err,) = errors(text)
+    assert message in err

@@ -1,0 +1,82 @@
+import pytest
+
+from gateway.config.models import Match
+from gateway.routing import Route, Router
+
+
+def route(name: str, **match: object) -> Route:
+    return Route.compile(name, "app", Match.model_validate(match))
+
+
+ROUTER = Router(
+    [
+        route("user", path="/users/{id}", methods=["GET", "HEAD"]),
+        route("user-write", path="/users/{id}", methods=["PUT"]),
+        route("files", path="/files/{rest:path}"),
+        route("exact", path="/health"),
+        route("tenant", prefix="/t", headers={"X-Tenant": "acme"}),
+        route("any-tenant", prefix="/t", headers={"X-Tenant": "*"}),
+        route("host", prefix="/h", host="*.example.com"),
+        route("api", prefix="/api/"),
+    ]
+)
+
+
+def m(method: str, path: str, host: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None):
+    return ROUTER.match(method, path, host, headers or [])
+
+
+def test_template_params() -> None:
+    result = m("GET", "/users/42")
+    assert result.route is not None and result.route.name == "user"
+    assert result.params == {"id": "42"}
+    assert m("GET", "/users/42/x").route is None
+    assert m("GET", "/users/").route is None
+
+
+def test_rest_path() -> None:
+    result = m("GET", "/files/a/b/c.txt")
+    assert result.route is not None and result.params == {"rest": "a/b/c.txt"}
+
+
+def test_method_tried_across_routes_then_405() -> None:
+    put = m("PUT", "/users/1")
+    assert put.route is not None and put.route.name == "user-write"
+    result = m("DELETE", "/users/1")
+    assert result.route is None
+    assert result.allowed == frozenset({"GET", "HEAD", "PUT"})
+
+
+def test_exact_and_404() -> None:
+    assert m("GET", "/health").route.name == "exact"  # type: ignore[union-attr]
+    result = m("GET", "/healthz")
+    assert result.route is None and result.allowed is None
+
+
+def test_prefix_on_segment_boundaries() -> None:
+    assert m("GET", "/api").route.name == "api"  # type: ignore[union-attr]
+    assert m("GET", "/api/v1").route.name == "api"  # type: ignore[union-attr]
+    assert m("GET", "/apis").route is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [([(b"X-Tenant", b"acme")], "tenant"), ([(b"x-tenant", b"other")], "any-tenant"), ([], None)],
+)
+def test_header_matching(headers: list[tuple[bytes, bytes]], name: str | None) -> None:
+    result = m("GET", "/t/x", headers=headers)
+    assert (result.route.name if result.route else None) == name
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        (b"a.example.com", True),
+        (b"A.EXAMPLE.COM:8080", True),
+        (b"example.com", False),
+        (b"evil.com", False),
+        (b"", False),
+    ],
+)
+def test_host_wildcard(host: bytes, ok: bool) -> None:
+    assert (m("GET", "/h", host=host).route is not None) is ok
