@@ -58,6 +58,8 @@ def _shadowed(policy: Policy[Any], call_next: Handler) -> Handler:
             return await call_next(exchange)
         _mark_shadow(exchange, since)
         if below:
+            if answer is not below[0] and answer.stream is not below[0].stream:
+                await answer.aclose()  # a replacement the shadow policy built: never sent
             return below[0]
         await answer.aclose()
         return await call_next(exchange)

@@ -16,7 +16,12 @@ def _load_and_build(path: str) -> LoadedConfig:
     from gateway.runtime import Runtime
 
     loaded = load_file(path)
-    Runtime(loaded)
+    try:
+        Runtime(loaded)
+    except (ValueError, OSError) as exc:  # a resource that cannot be built from this file
+        from gateway.errors import ConfigIssue
+
+        raise ConfigError([ConfigIssue(path, 1, 1, str(exc))]) from exc
     return loaded
 
 

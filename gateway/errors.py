@@ -7,7 +7,8 @@
     ├── StoreError             a state store failed or timed out (policies: on_store_error)
     └── UpstreamError          the call below a policy failed; ``status``: the edge's answer
         ├── UpstreamConnectError    connect refused / reset before a response    -> 502
-        ├── UpstreamTimeout         connect, read or total timeout               -> 504
+        ├── UpstreamTimeout         read or total timeout                        -> 504
+        │   └── UpstreamConnectTimeout  no connection within the connect timeout -> 504
         ├── UpstreamProtocolError   the upstream sent something that is not HTTP -> 502
         └── UpstreamBodyError       the upstream died while a body was streaming
                                     (response started: the edge cuts the connection)
@@ -78,6 +79,12 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     problem_type = "upstream-timeout"
     title = "Upstream timed out"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection within the connect timeout (the target may be black-holed)."""
+
+    kind = "connect_timeout"
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -209,8 +209,14 @@ class Exchange:
             raw_path, self.query = raw_target[:qpos], raw_target[qpos + 1 :]
         else:
             raw_path, self.query = raw_target, b""
-        # Routing sees the percent-decoded path; the raw target is what goes upstream.
-        self.path = _decode_path(raw_path)
+        # Routing sees the percent-decoded, dot-resolved path; see normalize_target.
+        if _needs_normalizing(raw_path) and raw_path.startswith(b"/"):
+            forwarded, self.path = normalize_target(raw_path)
+            if forwarded != raw_path:
+                raw_target = forwarded + raw_target[len(raw_path) :]
+                self.raw_target = raw_target
+        else:
+            self.path = raw_path.decode("latin-1")
         self.headers = headers
         self.peer_ip = peer_ip
         self.client_ip = peer_ip
@@ -265,9 +271,49 @@ class Exchange:
         return self._complete or []
 
 
-def _decode_path(raw: bytes) -> str:
-    if b"%" not in raw:
-        return raw.decode("latin-1")
+def _needs_normalizing(raw: bytes) -> bool:
+    return b"%" in raw or b"/." in raw or b"//" in raw
+
+
+def remove_dot_segments(path: bytes) -> bytes:
+    """RFC 3986 §5.2.4 on an absolute path; ``..`` never climbs above the root."""
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == b".":
+            if last:
+                out.append(b"")
+        elif segment == b"..":
+            if out:
+                out.pop()
+            if last:
+                out.append(b"")
+        else:
+            out.append(segment)
+    return b"/" + b"/".join(out)
+
+
+def normalize_target(raw_path: bytes) -> tuple[bytes, str]:
+    """The path to forward and the path to route on.
+
+    Dot segments (also percent-encoded ones) are resolved in both, so a route's
+    policies cannot be bypassed with ``/public/../admin``: routing and the upstream
+    see the same resource. Routing sees the percent-decoded path; the forwarded path
+    keeps every other escape (``%2F`` stays ``%2F``).
+    """
     from urllib.parse import unquote_to_bytes
 
-    return unquote_to_bytes(raw).decode("utf-8", "replace")
+    forwarded = raw_path
+    if b"%2e" in raw_path.lower():
+        forwarded = raw_path.replace(b"%2e", b".").replace(b"%2E", b".")
+    if b"/." in forwarded:
+        forwarded = remove_dot_segments(forwarded)
+    decoded = unquote_to_bytes(forwarded) if b"%" in forwarded else forwarded
+    if b"/." in decoded:  # dots that only appear once decoded (..%2F): route on the result
+        decoded = remove_dot_segments(decoded)
+    routed = decoded.decode("utf-8", "replace")
+    if "//" in routed:  # merge slashes for routing only, as nginx does
+        while "//" in routed:
+            routed = routed.replace("//", "/")
+    return forwarded, routed

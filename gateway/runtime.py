@@ -12,16 +12,18 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.config.loader import LoadedConfig, load_file
-from gateway.config.models import GatewayConfig, Upstream
+from gateway.config.models import GatewayConfig, StoreSpec, Upstream
 from gateway.config.snapshot import Resources, Snapshot, build_snapshot
 from gateway.errors import ConfigError
 from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import Metrics
-from gateway.stores import Stores, build_store
+from gateway.stores import Store, Stores, build_store
 from gateway.transport.base import Transport
 from gateway.transport.forward import UpstreamPool
 
@@ -30,7 +32,18 @@ log = logging.getLogger("gateway")
 TransportFactory = Callable[[Upstream], Transport]
 
 #: Settings read once at start; a reload that changes them logs that a restart is needed.
-PROCESS_SETTINGS = ("server", "workers", "listen", "admin", "limits", "shutdown", "logging")
+PROCESS_SETTINGS = (
+    "server", "workers", "listen", "admin", "limits", "shutdown", "logging", "reload",
+)  # fmt: skip
+
+
+@dataclass
+class _Prepared:
+    loaded: LoadedConfig
+    snapshot: Snapshot
+    pools: dict[str, UpstreamPool]
+    new_stores: dict[str, Store]
+    fresh_pools: dict[str, UpstreamPool]
 
 
 def default_transport(config: Upstream) -> Transport:
@@ -72,21 +85,19 @@ class Runtime:
         self.access_log = access_log or AccessLog(config.logging.access_log, config.logging.format)
         self.transport_factory = transport_factory
         self.clock = clock
-        self.stores = Stores({})
-        self._store_specs = config.store_specs
-        self._stores_dict = {
-            name: build_store(name, spec, clock) for name, spec in self._store_specs.items()
-        }
+        self._store_specs: dict[str, StoreSpec] = {}
+        self._last_specs: dict[str, StoreSpec] = {}
+        self._stores_dict: dict[str, Store] = {}
         self.stores = Stores(self._stores_dict)
         self.pools: dict[str, UpstreamPool] = {}
         self.draining = False
         self.in_flight = 0
-        self._retired: list[asyncio.Task[None]] = []
+        self._retired: set[asyncio.Task[None]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
-        self.snapshot = self._build(loaded)
+        self._digest = ""
+        self._commit(self._prepare(loaded))
         self.metrics.config_info.labels(loaded.digest).set(1)
-        self._digest = loaded.digest
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: object) -> Runtime:
@@ -110,16 +121,30 @@ class Runtime:
                 pools[name] = UpstreamPool(name, upstream, self.transport_factory(upstream))
         return pools
 
-    def _build(self, loaded: LoadedConfig) -> Snapshot:
+    def _prepare(self, loaded: LoadedConfig) -> _Prepared:
+        """Build a complete snapshot off to the side; nothing live changes.
+
+        Raises ConfigError (with file positions) when anything fails; whatever was
+        built for the attempt is released.
+        """
         config = loaded.config
+        new_stores: dict[str, Store] = {}
+        issues = []
         for name, spec in config.store_specs.items():
-            if name not in self._stores_dict:
-                self._stores_dict[name] = build_store(name, spec, self.clock)
-            elif self._store_specs.get(name) != spec:
-                log.warning("store %r changed: the new settings apply after a restart", name)
+            if name in self._stores_dict:
+                continue
+            try:
+                new_stores[name] = build_store(name, spec, self.clock)
+            except (ValueError, OSError) as exc:
+                issues.append(loaded.positions.issue(("stores", name), f"stores.{name}: {exc}"))
+        if issues:
+            self._release(new_stores, {})
+            raise ConfigError(issues)
+        stores = Stores({**self._stores_dict, **new_stores})
         pools = self._pools_for(config)
+        fresh = {name: pool for name, pool in pools.items() if self.pools.get(name) is not pool}
         resources = Resources(
-            stores=self.stores,
+            stores=stores,
             metrics=self.metrics,
             access_log=self.access_log,
             pools=pools,
@@ -131,24 +156,50 @@ class Runtime:
                 config, resources, loaded.positions, loaded.path.parent, loaded.digest
             )
         except BaseException:
-            for name, pool in pools.items():
-                if self.pools.get(name) is not pool:
-                    self._retire(pool)
+            self._release(new_stores, fresh)
             raise
-        for name, pool in self.pools.items():
-            if pools.get(name) is not pool:
-                self._retire(pool)
-        self.pools = pools
-        return snapshot
+        return _Prepared(loaded, snapshot, pools, new_stores, fresh)
 
-    def _retire(self, pool: UpstreamPool, grace: float = 0.0) -> None:
+    def _commit(self, prepared: _Prepared) -> None:
+        """Make a prepared snapshot live; retire pools it no longer uses after a grace."""
+        self._stores_dict.update(prepared.new_stores)
+        specs = prepared.loaded.config.store_specs
+        for name, spec in specs.items():
+            running = self._store_specs.get(name)
+            if running not in (None, spec) and self._last_specs.get(name) != spec:
+                log.warning("store %r changed: the new settings apply after a restart", name)
+        self._store_specs = {**specs, **self._store_specs}  # what each live store was built with
+        self._last_specs = specs
+        retired = [p for n, p in self.pools.items() if prepared.pools.get(n) is not p]
+        self.pools = prepared.pools
+        self.snapshot = prepared.snapshot
+        self._digest = prepared.loaded.digest
+        # Requests still running on the old snapshot keep their pools until drained.
+        for pool in retired:
+            self._retire(pool, self.process_config.shutdown.drain_timeout)
+
+    def _release(self, stores: dict[str, Store], pools: dict[str, UpstreamPool]) -> None:
+        for store in stores.values():
+            self._later(store.close())
+        for pool in pools.values():
+            self._later(pool.transport.close())
+
+    def _retire(self, pool: UpstreamPool, grace: float) -> None:
         async def close_later() -> None:
             await asyncio.sleep(grace)
             await pool.transport.close()
 
-        # Without a running loop (the first snapshot) nothing was opened yet.
-        with contextlib.suppress(RuntimeError):
-            self._retired.append(asyncio.get_running_loop().create_task(close_later()))
+        self._later(close_later())
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop yet (the first snapshot): nothing was opened
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def start(self) -> None:
         await self.snapshot.start()
@@ -162,8 +213,7 @@ class Runtime:
                 loaded = load_file(self.path)
                 if loaded.digest == self._digest:
                     return True
-                old_pools = dict(self.pools)
-                snapshot = self._build(loaded)
+                prepared = self._prepare(loaded)
             except ConfigError as exc:
                 self.metrics.reloads.labels("failure").inc()
                 log.error("reload of %s failed; keeping the running config:\n%s", self.path, exc)
@@ -172,6 +222,14 @@ class Runtime:
                 self.metrics.reloads.labels("failure").inc()
                 log.exception("reload of %s failed; keeping the running config", self.path)
                 return False
+            try:
+                await prepared.snapshot.start()
+            except Exception:
+                self.metrics.reloads.labels("failure").inc()
+                log.exception("reload: the new config failed to start; keeping the running one")
+                await prepared.snapshot.stop()
+                self._release(prepared.new_stores, prepared.fresh_pools)
+                return False
             changed = [
                 key
                 for key in PROCESS_SETTINGS
@@ -179,17 +237,10 @@ class Runtime:
             ]
             if changed:
                 log.warning("reload: %s changed; these apply after a restart", ", ".join(changed))
-            try:
-                await snapshot.start()
-            except Exception:
-                self.metrics.reloads.labels("failure").inc()
-                log.exception("reload: the new config failed to start; keeping the running one")
-                self.pools = old_pools
-                return False
-            old, self.snapshot = self.snapshot, snapshot
+            old = self.snapshot
+            self._commit(prepared)
             self.metrics.config_info.clear()
             self.metrics.config_info.labels(loaded.digest).set(1)
-            self._digest = loaded.digest
             self.metrics.reloads.labels("success").inc()
             log.info("reloaded %s (config %s)", self.path, loaded.digest)
             await old.stop()
@@ -222,7 +273,7 @@ class Runtime:
         await self.snapshot.stop()
         for pool in self.pools.values():
             await pool.transport.close()
-        for task in self._retired:
+        for task in list(self._retired):
             task.cancel()
         await self.stores.close()
         self.access_log.flush()

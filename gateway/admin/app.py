@@ -21,7 +21,10 @@ from gateway.errors import problem_body
 from gateway.runtime import Runtime
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-_SECRET_KEY = re.compile(r"(password|secret|token|key)$", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(password|passwd|secret|token|credentials?|api_?key|private_?key|authorization|cookie)$",
+    re.IGNORECASE,
+)
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]+@")
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -109,12 +109,13 @@ class _Walker:
     def _substitute(self, text: str, loc: Loc) -> str:
         def replace(m: re.Match[str]) -> str:
             value = os.environ.get(m.group(1))
-            if value is None:
+            if not value:  # as in the shell, `${X:-d}` applies d when X is unset or empty
                 if m.group(2) is not None:
                     return m.group(2)
-                self.issues.append(
-                    self.positions.issue(loc, f"environment variable {m.group(1)} is not set")
-                )
+                if value is None:
+                    self.issues.append(
+                        self.positions.issue(loc, f"environment variable {m.group(1)} is not set")
+                    )
                 return ""
             return value
 

@@ -230,7 +230,7 @@ class Shutdown(Model):
 
 
 class Logging(Model):
-    """Process and access logs, JSON lines on stdout."""
+    """Logs: the access log on stdout, process events on stderr, JSON lines by default."""
 
     level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe level written."

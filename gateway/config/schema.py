@@ -25,7 +25,13 @@ def policy_file_schema() -> dict[str, Any]:
             "additionalProperties": False,
         }
     )
-    route.pop("additionalProperties", None) if not properties else None
+    stores = schema["properties"]["stores"]
+    stores["additionalProperties"] = {
+        "anyOf": [
+            {"type": "string", "description": "the store URL, with every other setting default"},
+            {"$ref": "#/$defs/StoreSpec"},
+        ]
+    }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Policy gateway configuration"
     return schema

@@ -141,7 +141,7 @@ def _fmt_seconds(v: float) -> str:
 
 _DURATION_SCHEMA = {
     "anyOf": [
-        {"type": "string", "pattern": r"^(\d+(\.\d+)?(us|µs|ms|s|m|h|d))+$"},
+        {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(us|µs|ms|s|m|h|d)\s*)+$"},
         {"type": "number", "minimum": 0},
     ],
     "description": "a duration: 250ms, 30s, 5m, 1h, or a number of seconds",

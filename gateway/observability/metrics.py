@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
 
 LATENCY_BUCKETS = (
@@ -22,6 +29,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        if registry is None:
+            ProcessCollector(registry=r)  # process_* (CPU, RSS, open fds) of this process
+            PlatformCollector(registry=r)
         self.requests = Counter(
             "gateway_requests_total",
             "Requests answered, by route, method and status class.",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
@@ -39,7 +39,7 @@ def connect(url: str, timeout: float) -> Any:
         "retry_on_timeout": False,
     }
     if parts.scheme == "redis+sentinel":
-        hosts = [_host_port(h) for h in parts.netloc.rpartition("@")[2].split(",")]
+        hosts = [_host_port(h, 26379) for h in parts.netloc.rpartition("@")[2].split(",")]
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise ValueError("redis+sentinel:// URL needs /service_name[/db]")
@@ -48,16 +48,28 @@ def connect(url: str, timeout: float) -> Any:
         sentinel = Sentinel(hosts, password=password, **common)  # type: ignore[no-untyped-call]
         return sentinel.master_for(path[0], db=db, password=password)
     if parts.scheme == "redis+cluster":
-        first = parts.netloc.rpartition("@")[2].split(",")[0]
-        host, port = _host_port(first)
+        nodes = [
+            ClusterNode(*_host_port(h, 6379)) for h in parts.netloc.rpartition("@")[2].split(",")
+        ]
         password = unquote(parts.password) if parts.password else None
-        return RedisCluster(host=host, port=port, password=password, **common)
+        return RedisCluster(startup_nodes=nodes, password=password, **common)
     return aioredis.Redis.from_url(url, **common)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return (host or text), int(port or 26379)
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port``; ValueError on a bad port."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"{text!r}: a host is missing")
+    if port and not port.isdigit():
+        raise ValueError(f"{text!r}: the port must be a number")
+    return host, int(port) if port else default_port
 
 
 class RedisStore:

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.config.models import Upstream
-from gateway.errors import UpstreamConnectError, UpstreamError
+from gateway.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
 from gateway.exchange import Exchange, Response
 from gateway.transport.base import Target, Transport, UpstreamRequest
 from gateway.transport.headers import (
@@ -164,7 +164,8 @@ def make_forwarder(
         except UpstreamError as exc:
             if count_error is not None:
                 count_error(exc.kind)
-            pool.report(index, not isinstance(exc, UpstreamConnectError))
+            # Only failures to connect say the target is unhealthy; a slow answer does not.
+            pool.report(index, not isinstance(exc, UpstreamConnectError | UpstreamConnectTimeout))
             raise
         finally:
             elapsed = time.perf_counter() - started

@@ -86,3 +86,29 @@ def test_explain_404_and_405(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["explain", "-c", str(config), "GET", "/nope"]) == 0
     assert "404" in capsys.readouterr().out
     assert main(["explain", "-c", str(config), "GET", "/nope", "-H", "bad"]) == 2
+
+
+def test_mask_secrets() -> None:
+    from gateway.admin.app import mask_secrets
+
+    doc = {
+        "stores": {"shared": {"url": "redis://:hunter2@h:6379/0"}},
+        "rate_limit": [{"key": "ip", "secret": "s3"}],
+        "match": {"headers": {"Authorization": "Bearer t"}},
+    }
+    masked = mask_secrets(doc)
+    assert masked["stores"]["shared"]["url"] == "redis://:***@h:6379/0"
+    assert masked["rate_limit"] == [{"key": "ip", "secret": "***"}]
+    assert masked["match"]["headers"]["Authorization"] == "***"
+
+
+def test_store_that_cannot_be_built_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        EXAMPLE.read_text().replace("stores: {}", "stores: {s: 'redis+sentinel://h:26379'}")
+    )
+    assert main(["check", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "stores.s" in err and "service_name" in err and "Traceback" not in err

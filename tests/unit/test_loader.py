@@ -137,3 +137,23 @@ def test_bad_matches(match: str, message: str) -> None:
     text = GOOD.replace("{prefix: /}", match)
     (err,) = errors(text)
     assert message in err
+
+
+def test_env_default_applies_when_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LISTEN", "")
+    text = GOOD.replace("listen: 127.0.0.1:8080", "listen: ${LISTEN:-127.0.0.1:7000}")
+    assert load_text(text, "f.yaml")[0].listen == "127.0.0.1:7000"
+
+
+def test_store_shorthand_validates_against_the_schema() -> None:
+    import jsonschema
+
+    from gateway.config.schema import policy_file_schema
+
+    doc = {
+        "version": 1,
+        "stores": {"shared": "redis://127.0.0.1:6379/0", "other": {"url": "memory://"}},
+        "upstreams": {"app": {"url": "http://127.0.0.1:1", "timeouts": {"read": "30 s"}}},
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "upstream": "app"}],
+    }
+    jsonschema.validate(doc, policy_file_schema())

@@ -80,3 +80,25 @@ def test_header_matching(headers: list[tuple[bytes, bytes]], name: str | None) -
 )
 def test_host_wildcard(host: bytes, ok: bool) -> None:
     assert (m("GET", "/h", host=host).route is not None) is ok
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded", "routed"),
+    [
+        (b"/public/../admin", b"/admin", "/admin"),
+        (b"/public/%2e%2E/admin?x=1", b"/admin?x=1", "/admin"),
+        (b"/public/..%2Fadmin", b"/public/..%2Fadmin", "/admin"),
+        (b"/a%2Fb/c", b"/a%2Fb/c", "/a/b/c"),
+        (b"/a//b", b"/a//b", "/a/b"),
+        (b"/a/./b/", b"/a/b/", "/a/b/"),
+        (b"/../../x", b"/x", "/x"),
+        (b"/files/a%20b", b"/files/a%20b", "/files/a b"),
+        (b"/plain?q=/../", b"/plain?q=/../", "/plain"),
+    ],
+)
+def test_paths_are_normalized_for_routing(target: bytes, forwarded: bytes, routed: str) -> None:
+    from gateway.exchange import Exchange
+
+    exchange = Exchange("GET", target, [], "127.0.0.1")
+    assert exchange.raw_target == forwarded
+    assert exchange.path == routed

@@ -82,3 +82,16 @@ def test_pubsub_delivers() -> None:
         assert got == [b"/x"]
 
     asyncio.run(go())
+
+
+def test_redis_url_host_forms() -> None:
+    import pytest
+
+    from gateway.stores.redis import _host_port
+
+    assert _host_port("h", 6379) == ("h", 6379)
+    assert _host_port("h:7000", 6379) == ("h", 7000)
+    assert _host_port("[::1]:7000", 6379) == ("::1", 7000)
+    assert _host_port("[::1]", 26379) == ("::1", 26379)
+    with pytest.raises(ValueError, match="port"):
+        _host_port("h:x", 6379)
