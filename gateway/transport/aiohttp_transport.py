@@ -17,6 +17,7 @@ from gateway.config.models import Upstream
 from gateway.errors import (
     UpstreamBodyError,
     UpstreamConnectError,
+    UpstreamConnectTimeout,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
@@ -85,6 +86,8 @@ class AiohttpTransport:
                 resp = await asyncio.wait_for(coro, t.total)
             else:
                 resp = await coro
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamConnectTimeout(f"{target.key}: connect timed out") from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"{target.key}: timed out") from exc
         except aiohttp.ClientConnectorError as exc:

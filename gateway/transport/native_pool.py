@@ -15,7 +15,7 @@ import ssl
 from collections import deque
 
 from gateway.config.models import Upstream
-from gateway.errors import UpstreamConnectError, UpstreamTimeout
+from gateway.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamTimeout
 from gateway.transport.base import Target
 from gateway.transport.native_conn import SLACK, Connection
 
@@ -121,7 +121,7 @@ class Pool:
             if conn.made:
                 conn.transport.abort()
             if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout(
+                raise UpstreamConnectTimeout(
                     f"{self.key}: connect timed out after {max(timeout, 0):g}s"
                 ) from exc
             if isinstance(exc, OSError):
