@@ -1,9 +1,14 @@
-"""``gateway run``: start the runtime, the proxy front-end and the admin app; drain on SIGTERM.
+"""``gateway run``: the runtime, the proxy front-end and the admin app; drain on SIGTERM.
 
 SIGTERM/SIGINT: ``/readyz`` turns 503 at once; the listener keeps serving for
 ``shutdown.pre_stop_delay``; then it stops accepting, and in-flight requests get up to
 ``shutdown.drain_timeout`` to finish; stores and logs flush; exit 0.
 SIGHUP: reload the policy file (a bad file changes nothing).
+
+With ``workers: 1`` everything runs in this one process. With ``workers: N > 1`` this
+process becomes a supervisor (see :mod:`gateway.frontends.native_workers`): N worker
+processes each run :func:`serve` with their own event loop, runtime and front-end on
+the same port (``SO_REUSEPORT``), and the supervisor serves the admin port.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
-from typing import Protocol
+import socket
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -22,6 +28,7 @@ from gateway.admin.app import build_admin_app
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, split_host_port
 from gateway.frontends.asgi import GatewayApp
+from gateway.frontends.uvicorn_limits import limited_protocol
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
@@ -37,6 +44,18 @@ class Frontend(Protocol):
     async def drain(self, timeout: float) -> None:
         """Wait for in-flight requests (up to ``timeout``), then close every connection."""
         ...
+
+
+class WorkerLink(Protocol):
+    """A worker's line to its supervisor (see ``native_workers``)."""
+
+    async def open(self, runtime: Runtime, stop: Callable[[], None]) -> None:
+        """Start answering the supervisor; call ``stop`` if the supervisor goes away."""
+        ...
+
+    def ready(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class _Uvicorn(uvicorn.Server):
@@ -56,7 +75,7 @@ def uvicorn_server(app: object, address: str, config: GatewayConfig, *, proxy: b
             host=host,
             port=port,
             lifespan="off",
-            http="httptools",
+            http=limited_protocol(limits) if proxy else "httptools",
             ws="websockets-sansio" if proxy else "none",
             log_level="warning",
             access_log=False,
@@ -69,15 +88,48 @@ def uvicorn_server(app: object, address: str, config: GatewayConfig, *, proxy: b
     )
 
 
+def bind_socket(address: str, *, reuse_port: bool) -> socket.socket:
+    """A bound TCP socket for ``HOST:PORT``; with ``reuse_port`` others may bind it too."""
+    host, port = split_host_port(address)
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_uvicorn(
+    server: _Uvicorn, address: str, sockets: list[socket.socket] | None = None
+) -> None:
+    """``server.serve()``, with uvicorn's exit on a failed bind turned into an OSError."""
+    try:
+        await server.serve(sockets=sockets)
+    except SystemExit as exc:
+        raise OSError(f"could not listen on {address}") from exc
+
+
 class AsgiFrontend:
     """The proxy under uvicorn (``server: asgi``)."""
 
-    def __init__(self, runtime: Runtime, config: GatewayConfig) -> None:
+    def __init__(
+        self, runtime: Runtime, config: GatewayConfig, *, reuse_port: bool = False
+    ) -> None:
         self.server = uvicorn_server(GatewayApp(runtime), config.listen, config, proxy=True)
+        self._socket = bind_socket(config.listen, reuse_port=True) if reuse_port else None
+        self._address = config.listen
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve())
+        sockets = [self._socket] if self._socket is not None else None
+        self._task = asyncio.create_task(serve_uvicorn(self.server, self._address, sockets))
         while not self.server.started:
             if self._task.done():
                 self._task.result()
@@ -92,57 +144,98 @@ class AsgiFrontend:
         self.server.should_exit = True
         if self._task is not None:
             await self._task
+        if self._socket is not None:
+            self._socket.close()
 
 
-def make_frontend(runtime: Runtime, config: GatewayConfig) -> Frontend:
+def make_frontend(runtime: Runtime, config: GatewayConfig, *, reuse_port: bool = False) -> Frontend:
     if config.server == "native":
-        try:
-            from gateway.frontends.native import NativeFrontend
-        except ImportError:  # pragma: no cover - until the native front-end ships
-            return AsgiFrontend(runtime, config)
-        return NativeFrontend(runtime, config)
-    return AsgiFrontend(runtime, config)
+        from gateway.frontends.native import NativeFrontend
+
+        return NativeFrontend(runtime, config, reuse_port=reuse_port)
+    return AsgiFrontend(runtime, config, reuse_port=reuse_port)
 
 
-async def serve(loaded: LoadedConfig, ready_fd: int | None = None) -> int:
-    config = loaded.config
-    runtime = Runtime(loaded)
-    await runtime.start()
-    frontend = make_frontend(runtime, config)
-    admin = uvicorn_server(
-        build_admin_app(runtime, os.environ.get("GATEWAY_ADMIN_TOKEN") or None),
-        config.admin,
-        config,
-        proxy=False,
-    )
-    admin_task = asyncio.create_task(admin.serve())
-    try:
-        await frontend.start()
-        while not admin.started:
-            if admin_task.done():
-                admin_task.result()
-                raise RuntimeError("the admin listener failed to start")
+class AdminServer:
+    """The admin app (Starlette) under uvicorn on its own port."""
+
+    def __init__(self, runtime: Runtime, config: GatewayConfig, app: Any = None) -> None:
+        if app is None:
+            app = build_admin_app(runtime, os.environ.get("GATEWAY_ADMIN_TOKEN") or None)
+        self.server = uvicorn_server(app, config.admin, config, proxy=False)
+        self.address = config.admin
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        task = self._task = asyncio.create_task(serve_uvicorn(self.server, self.address))
+        while not self.server.started:
+            if task.done():
+                self._task = None
+                task.result()
+                raise OSError(f"the admin listener could not start on {self.address}")
             await asyncio.sleep(0.01)
-    except BaseException:
-        admin.should_exit = True
-        await runtime.close()
-        raise
-    log.info(
-        "gateway listening on %s (%s), admin on %s", config.listen, config.server, config.admin
-    )
 
-    stop = asyncio.Event()
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+def on_signals(
+    stop: Callable[[], None], reload: Callable[[], Awaitable[object]]
+) -> Callable[[], None]:
+    """SIGTERM/SIGINT call ``stop``; SIGHUP runs ``reload``. Returns an undo function."""
     loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task[bool]] = set()
+    reloads: set[asyncio.Future[object]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(runtime.reload())
+        task = asyncio.ensure_future(reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    def undo() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    return undo
+
+
+async def serve(
+    loaded: LoadedConfig, link: WorkerLink | None = None, runtime_type: type[Runtime] = Runtime
+) -> int:
+    """Serve until SIGTERM. A worker (``link`` set) shares the port and has no admin."""
+    config = loaded.config
+    runtime = runtime_type(loaded)
+    await runtime.start()
+    frontend = make_frontend(runtime, config, reuse_port=link is not None)
+    stop = asyncio.Event()
+    admin = AdminServer(runtime, config) if link is None else None
+    try:
+        await frontend.start()
+        try:
+            if admin is not None:
+                await admin.start()
+            if link is not None:
+                await link.open(runtime, stop.set)
+        except BaseException:
+            await frontend.stop_accepting()
+            await frontend.drain(0.0)
+            if admin is not None:
+                await admin.stop()
+            raise
+    except BaseException:
+        await runtime.close()
+        raise
+    undo = on_signals(stop.set, runtime.reload)
+    if link is None:
+        log.info("gateway listening on %s (%s), admin on %s", config.listen, config.server,
+                 config.admin)  # fmt: skip
+    else:
+        link.ready()
     await stop.wait()
 
     runtime.draining = True
@@ -152,17 +245,28 @@ async def serve(loaded: LoadedConfig, ready_fd: int | None = None) -> int:
     await asyncio.sleep(shutdown.pre_stop_delay)
     await frontend.stop_accepting()
     await frontend.drain(shutdown.drain_timeout)
-    admin.should_exit = True
-    await admin_task
+    if admin is not None:
+        await admin.stop()
+    if link is not None:
+        await link.close()
+    undo()
     await runtime.close()
     log.info("stopped")
     return 0
 
 
-def run(loaded: LoadedConfig) -> int:
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed."""
     try:
         import uvloop
-
-        return int(uvloop.run(serve(loaded)))
     except ImportError:  # pragma: no cover
-        return asyncio.run(serve(loaded))
+        return asyncio.run(main)
+    return int(uvloop.run(main))
+
+
+def run(loaded: LoadedConfig) -> int:
+    if loaded.config.workers > 1:
+        from gateway.frontends.native_workers import supervise
+
+        return supervise(loaded)
+    return run_loop(serve(loaded))
