@@ -7,7 +7,9 @@ decisions, but the runner guarantees it changes nothing:
 * if it answered by itself (429, cache hit, ...), that answer is discarded and the
   rest of the chain runs as if the policy were absent;
 * if it called ``call_next``, the first response from below is what goes back up,
-  even if the policy replaced it.
+  even if the policy replaced it;
+* if the call below raised, that error goes up, whatever the policy did with it:
+  the chain below never runs twice for one request.
 
 Decisions a shadow policy records are flagged ``shadow=True``.
 """
@@ -38,20 +40,29 @@ def _enforcing(policy: Policy[Any], call_next: Handler) -> Handler:
 def _shadowed(policy: Policy[Any], call_next: Handler) -> Handler:
     async def handler(exchange: Exchange) -> Response:
         below: list[Response] = []
+        failed: list[Exception] = []
 
         async def capture(ex: Exchange) -> Response:
             if below:  # a shadow policy calling again (retry): nothing more goes upstream
                 return below[0]
-            response = await call_next(ex)
+            if failed:
+                raise failed[0]
+            try:
+                response = await call_next(ex)
+            except Exception as exc:
+                failed.append(exc)
+                raise
             below.append(response)
             return response
 
         since = len(exchange.decisions)
         try:
             answer = await policy(exchange, capture)
-        except Exception:
+        except Exception as exc:
             # A shadow policy must not change the outcome, not even by failing.
             _mark_shadow(exchange, since)
+            if failed:  # the chain below failed: that failure is the outcome, sent once
+                raise failed[0] from (None if exc is failed[0] else exc)
             exchange.decide(policy.label, "shadow_error")
             if below:
                 return below[0]
@@ -62,6 +73,8 @@ def _shadowed(policy: Policy[Any], call_next: Handler) -> Handler:
                 await answer.aclose()  # a replacement the shadow policy built: never sent
             return below[0]
         await answer.aclose()
+        if failed:  # the policy answered for a failure below: the failure is the outcome
+            raise failed[0]
         return await call_next(exchange)
 
     return handler
@@ -71,5 +84,6 @@ def build_chain(policies: list[Policy[Any]], terminal: Handler) -> Handler:
     """Compose ``policies`` (outermost first) around ``terminal``."""
     handler = terminal
     for policy in reversed(policies):
+        policy.bind_next(handler)
         handler = _shadowed(policy, handler) if policy.shadow else _enforcing(policy, handler)
     return handler

@@ -155,6 +155,7 @@ def build_snapshot(
             clock=resources.clock,
             base_dir=base_dir or Path.cwd(),
             replicas=resources.replicas,
+            workers=config.workers,
         )
         chain: list[Policy[Any]] = []
         for name in ordered(list(spec.policies)):

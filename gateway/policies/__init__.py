@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.policies.adaptive.policy import AdaptivePolicy
 from gateway.policies.base import Policy
+from gateway.policies.concurrency.policy import ConcurrencyPolicy
 from gateway.policies.noop.policy import NoopPolicy
+from gateway.policies.rate_limit.policy import RateLimitPolicy
 
 ORDER: list[str] = [
     "noop",
@@ -25,6 +28,9 @@ ORDER: list[str] = [
 
 REGISTRY: dict[str, type[Policy[Any]]] = {
     NoopPolicy.name: NoopPolicy,
+    RateLimitPolicy.name: RateLimitPolicy,
+    ConcurrencyPolicy.name: ConcurrencyPolicy,
+    AdaptivePolicy.name: AdaptivePolicy,
 }
 
 

@@ -44,6 +44,8 @@ class BuildContext:
     base_dir: Path
     replicas: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Worker processes per replica (``workers``): each has its own memory store.
+    workers: int = 1
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -1,0 +1,180 @@
+"""The three rate-limit algorithms, written once against the store's ``Scripts`` capability.
+
+Each algorithm is one atomic step, ``store.run(script, [key], args)``:
+
+* on Redis, the Lua file ``gateway/stores/lua/<script>.lua``: one round trip, the time
+  taken from Redis ``TIME`` so that every gateway process shares one clock;
+* in memory, the Python twin below, registered in ``MEMORY_SCRIPTS``, the time taken
+  from the memory store's clock (injectable in tests).
+
+Both take the same keys and arguments (times in microseconds) and answer
+``[allowed 0|1, remaining, reset_ms, retry_ms]``. Each twin stores one value per key
+through the memory store, so its footprint is bounded by the store's LRU
+(``max_entries``); each Lua script sets an expiry on every key it writes.
+
+* ``token_bucket``: GCRA (one timestamp per key). ``rate`` refills, ``burst`` is the
+  bucket size. Exact: over any span ``d`` at most ``burst + rate * d`` are admitted.
+* ``fixed_window``: a counter that starts with the key's first request and expires
+  one period later. Exact per window; up to ``2 * limit`` across a window boundary.
+* ``sliding_window``: counter approximation (current window count plus the previous
+  window's count weighted by its remaining overlap), windows starting with the key's
+  first request. Rejected requests do not count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from gateway.config.units import Rate
+from gateway.stores import ScriptArg
+from gateway.stores.memory import MEMORY_SCRIPTS, MemoryStore
+
+#: ``[allowed, remaining, reset_ms, retry_ms]`` as the scripts return it.
+Verdict = Sequence[int]
+
+ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window")
+_SCRIPTS = {
+    "token_bucket": "rl_token_bucket",
+    "sliding_window": "rl_sliding_window",
+    "fixed_window": "rl_fixed_window",
+}
+_SHORT = {"token_bucket": "tb", "sliding_window": "sw", "fixed_window": "fw"}
+
+
+def _ms(microseconds: float) -> int:
+    return math.ceil(microseconds / 1000)
+
+
+def token_bucket(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+    """Twin of ``rl_token_bucket.lua``."""
+    now = store.clock() * 1e6
+    interval, burst = float(args[0]), float(args[1])
+    key = keys[0]
+    stored = store.load(key)
+    tat = stored if isinstance(stored, float) and stored > now else now
+    new_tat = tat + interval
+    allow_at = new_tat - interval * burst
+    if now < allow_at:
+        return [0, 0, _ms(tat - now), _ms(allow_at - now)]
+    store.save(key, new_tat, (new_tat - now) / 1e6 + 0.001)
+    return [1, math.floor((now - allow_at) / interval + 1e-6), _ms(new_tat - now), 0]
+
+
+def fixed_window(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+    """Twin of ``rl_fixed_window.lua``; the value is ``[count, window end]``."""
+    now = store.clock() * 1e6
+    limit, window = int(args[0]), float(args[1])
+    key = keys[0]
+    entry = store.load(key)
+    if not isinstance(entry, list):
+        entry = [0, now + window]  # [count, window end]
+        store.save(key, entry, window / 1e6)
+    count = int(entry[0]) + 1
+    entry[0] = count
+    ttl = _ms(entry[1] - now)
+    if count > limit:
+        return [0, 0, ttl, ttl]
+    return [1, limit - count, ttl, 0]
+
+
+def _sliding_wait(limit: float, window: float, elapsed: float, curr: float, prev: float) -> float:
+    """Microseconds until one more request fits (see ``wait`` in the Lua script)."""
+    room = limit - 1 - curr
+    if room >= 0:
+        if prev <= room:
+            return 0.0
+        return max(window * (1 - room / prev) - elapsed, 0.0)
+    return window - elapsed + window * (1 - (limit - 1) / curr)
+
+
+def sliding_window(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+    """Twin of ``rl_sliding_window.lua``; the value is ``(start, curr, prev)``."""
+    now = store.clock() * 1e6
+    limit, window = float(args[0]), float(args[1])
+    key = keys[0]
+    entry = store.load(key)
+    if isinstance(entry, tuple):
+        start, curr, prev = entry
+        if now >= start + window:
+            if now < start + 2 * window:
+                start, prev, curr = start + window, curr, 0
+            else:
+                start, curr, prev = now, 0, 0
+    else:
+        start, curr, prev = now, 0, 0
+    elapsed = now - start
+    estimate = prev * (window - elapsed) / window + curr
+    if estimate + 1 > limit:
+        retry = _ms(_sliding_wait(limit, window, elapsed, curr, prev))
+        return [0, 0, retry, retry]
+    curr += 1
+    store.save(key, (start, curr, prev), (start + 2 * window - now) / 1e6)
+    remaining = math.floor(limit - estimate - 1 + 1e-9)
+    if remaining > 0:
+        reset = _ms(window - elapsed)
+    else:
+        reset = _ms(_sliding_wait(limit, window, elapsed, curr, prev))
+    return [1, remaining, reset, 0]
+
+
+MEMORY_SCRIPTS.update(
+    rl_token_bucket=token_bucket,
+    rl_fixed_window=fixed_window,
+    rl_sliding_window=sliding_window,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Algorithm:
+    """One limiter's algorithm, compiled: the script to run and its arguments."""
+
+    name: str
+    script: str
+    args: tuple[float, ...]
+    #: RateLimit-Policy ``q`` and ``w``: the configured rate in whole requests/seconds.
+    quota: int
+    window: int
+
+    @property
+    def short(self) -> str:
+        """A short tag for keys, so a change of algorithm never reads another's state."""
+        return _SHORT[self.name]
+
+    def shared(self, replicas: int) -> Algorithm:
+        """The same algorithm admitting ``1 / replicas`` of the traffic (``local_share``).
+
+        Windows round their limit down (never above the global limit in total); the
+        token bucket refills ``replicas`` times slower from a bucket as many times smaller.
+        """
+        if replicas <= 1:
+            return self
+        if self.name == "token_bucket":
+            interval, burst = self.args
+            return replace(self, args=(interval * replicas, max(1.0, burst / replicas)))
+        limit, window = self.args
+        return replace(self, args=(float(max(1, math.floor(limit / replicas))), window))
+
+
+def advertised(rate: Rate) -> tuple[int, int]:
+    """``(q, w)`` for RateLimit-Policy: whole requests per whole seconds, never more than
+    ``rate`` allows (the draft has no sub-second windows and no fractional quotas)."""
+    window = max(1, math.ceil(rate.period - 1e-9))
+    quota = math.floor(rate.limit * window / rate.period + 1e-9)
+    if quota < 1:
+        window = math.ceil(rate.period / rate.limit - 1e-9)
+        quota = 1
+    return quota, window
+
+
+def compile_algorithm(name: str, rate: Rate, burst: int | None) -> Algorithm:
+    """The algorithm ``name`` for ``rate`` (and ``burst``, token bucket only)."""
+    quota, window = advertised(rate)
+    period_us = rate.period * 1e6
+    if name == "token_bucket":
+        size = float(burst) if burst is not None else max(1.0, rate.limit)
+        args: tuple[float, ...] = (period_us / rate.limit, size)
+    else:
+        args = (float(rate.limit), period_us)
+    return Algorithm(name, _SCRIPTS[name], args, quota, window)

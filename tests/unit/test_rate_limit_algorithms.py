@@ -1,0 +1,196 @@
+"""The memory twins of the rate-limit scripts, with an injected clock (no sleeping).
+
+The same algorithms run against a real Redis in tests/integration/test_rate_limit_store.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.config.models import StoreSpec
+from gateway.config.units import parse_rate
+from gateway.policies.rate_limit.algorithms import Algorithm, advertised, compile_algorithm
+from gateway.stores.memory import MEMORY_SCRIPTS, MemoryStore
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def store(clock: Clock, max_entries: int = 100_000) -> MemoryStore:
+    return MemoryStore("memory", StoreSpec(url="memory://", max_entries=max_entries), clock)
+
+
+def check(mem: MemoryStore, algorithm: Algorithm, key: str = "k") -> Sequence[int]:
+    """One decision by the memory twin (what ``MemoryStore.run`` calls)."""
+    result = MEMORY_SCRIPTS[algorithm.script](mem, [key], algorithm.args)
+    assert isinstance(result, list)
+    return result
+
+
+def test_the_memory_store_runs_the_twins_by_script_name() -> None:
+    mem = store(Clock())
+    tb = compile_algorithm("token_bucket", parse_rate("1/h"), None)
+    assert asyncio.run(mem.run(tb.script, ["k"], tb.args)) == [1, 0, 3600000, 0]
+    assert asyncio.run(mem.run(tb.script, ["k"], tb.args)) == [0, 0, 3600000, 3600000]
+
+
+def admitted(mem: MemoryStore, algorithm: Algorithm, n: int, key: str = "k") -> int:
+    return sum(check(mem, algorithm, key)[0] for _ in range(n))
+
+
+def test_token_bucket_admits_the_burst_then_refills_at_the_rate() -> None:
+    clock = Clock()
+    mem = store(clock)
+    tb = compile_algorithm("token_bucket", parse_rate("10/s"), 5)
+    remaining = [check(mem, tb)[1] for _ in range(5)]
+    assert remaining == [4, 3, 2, 1, 0]
+    allowed, remaining_now, reset_ms, retry_ms = check(mem, tb)
+    assert (allowed, remaining_now) == (0, 0)
+    assert retry_ms == 100  # one token every 100 ms
+    assert reset_ms == 500  # the bucket is full again after 5 tokens
+    clock.advance(0.1)
+    assert check(mem, tb)[0] == 1
+    assert check(mem, tb)[0] == 0
+    clock.advance(10)  # idle: the bucket is full, never more than the burst
+    assert admitted(mem, tb, 20) == 5
+
+
+def test_token_bucket_over_a_long_burst_admits_burst_plus_rate_times_time() -> None:
+    clock = Clock()
+    mem = store(clock)
+    tb = compile_algorithm("token_bucket", parse_rate("100/s"), 20)
+    total = 0
+    for _ in range(5000):  # 10 s at 5x the rate, one request every 2 ms
+        total += check(mem, tb)[0]
+        clock.advance(0.002)
+    # first request at 0, last at 9.998 s: burst + rate * span, not one more
+    assert total == 20 + int(100 * 9.998)
+
+
+def test_token_bucket_default_burst_is_the_rate_count() -> None:
+    assert compile_algorithm("token_bucket", parse_rate("100/s"), None).args[1] == 100
+    assert compile_algorithm("token_bucket", parse_rate("1/10s"), None).args[1] == 1
+
+
+def test_fixed_window_counts_per_window_from_the_first_request() -> None:
+    clock = Clock()
+    mem = store(clock)
+    fw = compile_algorithm("fixed_window", parse_rate("3/10s"), None)
+    assert [check(mem, fw)[:2] for _ in range(3)] == [[1, 2], [1, 1], [1, 0]]
+    clock.advance(4)
+    allowed, _, reset_ms, retry_ms = check(mem, fw)
+    assert allowed == 0 and reset_ms == retry_ms == 6000
+    clock.advance(6)  # the window that began with the first request has ended
+    assert admitted(mem, fw, 5) == 3
+
+
+def test_fixed_window_over_a_long_burst_admits_limit_per_window() -> None:
+    clock = Clock()
+    mem = store(clock)
+    fw = compile_algorithm("fixed_window", parse_rate("50/s"), None)
+    total = 0
+    for _ in range(2500):  # 10 s at 5x
+        total += check(mem, fw)[0]
+        clock.advance(0.004)
+    assert total == 50 * 10
+
+
+def test_sliding_window_weights_the_previous_window() -> None:
+    clock = Clock()
+    mem = store(clock)
+    sw = compile_algorithm("sliding_window", parse_rate("10/s"), None)
+    assert admitted(mem, sw, 15) == 10
+    clock.advance(1.5)  # half of the previous window still overlaps: 10 * 0.5 = 5 used
+    assert admitted(mem, sw, 10) == 5
+    clock.advance(10)  # two idle windows: everything is forgotten
+    assert admitted(mem, sw, 15) == 10
+
+
+def test_sliding_window_retry_after_is_when_the_next_request_fits() -> None:
+    clock = Clock()
+    mem = store(clock)
+    sw = compile_algorithm("sliding_window", parse_rate("4/s"), None)
+    assert admitted(mem, sw, 4) == 4
+    allowed, _, reset_ms, retry_ms = check(mem, sw)
+    # next window: 4 * (1 - e) <= 3 when e >= 0.25 s, i.e. 1.25 s from now
+    assert allowed == 0 and retry_ms == reset_ms == 1250
+    clock.advance(1.2)
+    assert check(mem, sw)[0] == 0
+    clock.advance(0.06)
+    assert check(mem, sw)[0] == 1
+
+
+def test_sliding_window_under_steady_overload_stays_within_one_percent() -> None:
+    clock = Clock(1000.123)
+    mem = store(clock)
+    sw = compile_algorithm("sliding_window", parse_rate("100/s"), None)
+    total = 0
+    for _ in range(5000):  # 10 s at 5x
+        total += check(mem, sw)[0]
+        clock.advance(0.002)
+    ideal = 100 * 10
+    assert ideal * 0.97 <= total <= ideal * 1.01
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window", "fixed_window"])
+def test_distinct_keys_are_distinct_buckets(algorithm: str) -> None:
+    mem = store(Clock())
+    alg = compile_algorithm(algorithm, parse_rate("2/h"), None)
+    assert admitted(mem, alg, 5, "a") == 2
+    assert admitted(mem, alg, 5, "b") == 2
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window", "fixed_window"])
+def test_memory_stays_bounded_under_a_flood_of_keys(algorithm: str) -> None:
+    mem = store(Clock(), max_entries=500)
+    alg = compile_algorithm(algorithm, parse_rate("5/s"), None)
+    for i in range(20_000):
+        check(mem, alg, f"10.0.{i // 256}.{i % 256}")
+    assert len(mem) == 500
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window", "fixed_window"])
+def test_state_expires_with_the_store_ttl(algorithm: str) -> None:
+    clock = Clock()
+    mem = store(clock)
+    alg = compile_algorithm(algorithm, parse_rate("5/s"), None)
+    check(mem, alg)
+    assert mem.load("k") is not None
+    clock.advance(3)  # longer than any algorithm keeps a key
+    assert mem.load("k") is None
+
+
+def test_local_share_divides_the_limit_by_the_replicas() -> None:
+    tb = compile_algorithm("token_bucket", parse_rate("100/s"), 30)
+    assert tb.shared(4).args == (40_000.0, 7.5)
+    assert tb.shared(1) is tb
+    fw = compile_algorithm("fixed_window", parse_rate("10/s"), None)
+    assert fw.shared(3).args[0] == 3  # rounded down: 3 replicas admit 9 <= 10
+    assert fw.shared(50).args[0] == 1
+    clock = Clock()
+    mem = store(clock)
+    assert admitted(mem, fw.shared(3), 10) == 3
+
+
+@pytest.mark.parametrize(
+    ("rate", "q", "w"),
+    [("100/s", 100, 1), ("5000/h", 5000, 3600), ("10/30s", 10, 30), ("10/0.1s", 100, 1),
+     ("0.5/s", 1, 2), ("2.5/s", 2, 1)],
+)  # fmt: skip
+def test_advertised_quota_and_window_are_whole_and_never_generous(
+    rate: str, q: int, w: int
+) -> None:
+    parsed = parse_rate(rate)
+    assert advertised(parsed) == (q, w)
+    assert q / w <= parsed.per_second + 1e-9
