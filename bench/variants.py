@@ -66,6 +66,41 @@ VARIANTS: dict[str, Variant] = {
         server="native",
         policies={"noop": {}},
     ),
+    "ratelimit-memory": Variant(
+        description="native, one token-bucket rate_limit per client IP in memory, "
+        "limit never reached",
+        server="native",
+        policies={
+            "rate_limit": [
+                {
+                    "name": "per-ip",
+                    "key": "ip",
+                    "algorithm": "token_bucket",
+                    "rate": "10000000/s",
+                    "burst": 10000000,
+                    "store": "memory",
+                }
+            ]
+        },
+    ),
+    "ratelimit-redis": Variant(
+        description="native, one token-bucket rate_limit per client IP in Redis, "
+        "limit never reached",
+        server="native",
+        stores={"shared": "{redis}"},
+        policies={
+            "rate_limit": [
+                {
+                    "name": "per-ip",
+                    "key": "ip",
+                    "algorithm": "token_bucket",
+                    "rate": "10000000/s",
+                    "burst": 10000000,
+                    "store": "shared",
+                }
+            ]
+        },
+    ),
     "redis-store": Variant(
         description="native, pass-through, with a Redis store configured but unused "
         "(checks the harness's redis plumbing)",
