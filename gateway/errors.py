@@ -13,6 +13,11 @@
         └── UpstreamBodyError       the upstream died while a body was streaming
                                     (response started: the edge cuts the connection)
 
+    ClientGone                      not a GatewayError: the client went away (or broke
+                                    its body's framing) while its body was being read;
+                                    no answer is owed, the front-end ends the request
+
+
 Library errors (aiohttp, redis, OSError) are translated where they enter with
 ``raise ... from exc`` and never reach policies. Errors the gateway answers itself
 (404, 405, 429, ...) are not exceptions: they are responses built by :func:`problem`.
@@ -32,6 +37,14 @@ PROBLEM_CONTENT_TYPE = b"application/problem+json"
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
+
+
+class ClientGone(Exception):
+    """The client disconnected, or broke its body's framing, while its body was read.
+
+    Deliberately not a :class:`GatewayError`: policies that handle gateway faults must
+    let it through, and the edge must not turn it into a 5xx.
+    """
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,8 @@ class Runtime:
         self.draining = False
         self.in_flight = 0
         self._retired: set[asyncio.Task[None]] = set()
+        self._retiring: set[UpstreamPool] = set()  # closed after a grace, or at close()
+        self._stopping: set[Snapshot] = set()  # replaced snapshots, stopped after a grace
         self._watch_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._digest = ""
@@ -184,9 +186,24 @@ class Runtime:
         for pool in pools.values():
             self._later(pool.transport.close())
 
+    def _retire_snapshot(self, old: Snapshot) -> None:
+        """Stop the old snapshot's policies once requests still using them are done."""
+        self._stopping.add(old)
+
+        async def stop_later() -> None:
+            await asyncio.sleep(self.process_config.shutdown.drain_timeout)
+            if old in self._stopping:
+                self._stopping.discard(old)
+                await old.stop()
+
+        self._later(stop_later())
+
     def _retire(self, pool: UpstreamPool, grace: float) -> None:
+        self._retiring.add(pool)
+
         async def close_later() -> None:
             await asyncio.sleep(grace)
+            self._retiring.discard(pool)
             await pool.transport.close()
 
         self._later(close_later())
@@ -243,7 +260,7 @@ class Runtime:
             self.metrics.config_info.labels(loaded.digest).set(1)
             self.metrics.reloads.labels("success").inc()
             log.info("reloaded %s (config %s)", self.path, loaded.digest)
-            await old.stop()
+            self._retire_snapshot(old)
             return True
 
     def _fingerprint(self) -> tuple[float, int, str]:
@@ -270,10 +287,16 @@ class Runtime:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+        stopping, self._stopping = self._stopping, set()
+        for old in stopping:
+            await old.stop()
         await self.snapshot.stop()
         for pool in self.pools.values():
             await pool.transport.close()
         for task in list(self._retired):
             task.cancel()
+        retiring, self._retiring = self._retiring, set()
+        for pool in retiring:  # their grace is cut short: the process is stopping
+            await pool.transport.close()
         await self.stores.close()
         self.access_log.flush()

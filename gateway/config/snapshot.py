@@ -18,7 +18,14 @@ from gateway.chain import build_chain
 from gateway.config.loader import Positions, format_loc
 from gateway.config.models import GatewayConfig
 from gateway.edge import problem_response, upstream_error_response
-from gateway.errors import ConfigError, ConfigIssue, GatewayError, StoreError, UpstreamError
+from gateway.errors import (
+    ClientGone,
+    ConfigError,
+    ConfigIssue,
+    GatewayError,
+    StoreError,
+    UpstreamError,
+)
 from gateway.exchange import Exchange, Response, new_trace_id
 from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import Metrics
@@ -56,7 +63,7 @@ class Resources:
     replicas: int = 1
 
 
-@dataclass
+@dataclass(eq=False)
 class Snapshot:
     config: GatewayConfig
     router: Router
@@ -96,6 +103,8 @@ class Snapshot:
             log.warning("route %s: store error reached the edge: %s", route.name, exc)
             return problem_response(exchange, 503, "store-unavailable", "Service Unavailable",
                                     "a state store is unavailable")  # fmt: skip
+        except ClientGone:
+            raise  # nobody to answer: the front-end ends the request (499)
         except GatewayError as exc:
             log.error("route %s: %s", route.name, exc)
             return problem_response(exchange, 502, "gateway-error", "Bad Gateway", str(exc))

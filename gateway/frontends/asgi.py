@@ -12,21 +12,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.edge import problem_response
-from gateway.errors import UpstreamBodyError
+from gateway.errors import ClientGone, UpstreamBodyError
 from gateway.exchange import Exchange, Response
 from gateway.frontends.common import body_allowed, finish, framed_headers
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
 
+__all__ = ["ClientGone", "GatewayApp", "create_app"]
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request body was being read."""
 
 
 class _RequestBody:
@@ -35,6 +33,7 @@ class _RequestBody:
     def __init__(self, receive: Receive, exchange: Exchange) -> None:
         self._receive = receive
         self._exchange = exchange
+        self.done = False  # no more http.request messages will be read by this body
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter()
@@ -43,12 +42,15 @@ class _RequestBody:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
+                self.done = True
                 raise ClientGone("client disconnected while sending the body")
             chunk = message.get("body", b"")
+            if not message.get("more_body", False):
+                self.done = True
             if chunk:
                 self._exchange.bytes_in += len(chunk)
                 yield chunk
-            if not message.get("more_body", False):
+            if self.done:
                 return
 
     async def aclose(self) -> None:
@@ -116,9 +118,10 @@ class GatewayApp:
             scheme=scope.get("scheme", "http"),
             http_version=scope.get("http_version", "1.1"),
         )
+        body: _RequestBody | None = None
         if has_body:
             exchange.body = None
-            exchange.body_stream = _RequestBody(receive, exchange)
+            exchange.body_stream = body = _RequestBody(receive, exchange)
             exchange.content_length = content_length
         runtime.in_flight += 1
         runtime.metrics.in_flight.inc()
@@ -130,13 +133,17 @@ class GatewayApp:
                 status = 499
                 return
             status = response.status
-            sent = await self._send(exchange, response, send)
+            # Watch for a disconnect only when no one else may still call ``receive``.
+            watch = receive if body is None or body.done else None
+            sent = await self._send(exchange, response, send, watch)
         finally:
             runtime.in_flight -= 1
             runtime.metrics.in_flight.dec()
             finish(snapshot, exchange, status, sent)
 
-    async def _send(self, exchange: Exchange, response: Response, send: Send) -> int:
+    async def _send(
+        self, exchange: Exchange, response: Response, send: Send, receive: Receive | None
+    ) -> int:
         if response.status == 101:  # upgrades arrive on the websocket scope, not here
             await response.aclose()
             response = problem_response(
@@ -153,8 +160,14 @@ class GatewayApp:
             return len(response.body)
         sent = 0
         stream = response.stream
+        # ASGI servers drop what is sent after a disconnect without a word: without this
+        # watcher an endless upstream stream (SSE) would be read forever for nobody.
+        gone = asyncio.ensure_future(_disconnect(receive)) if receive is not None else None
         try:
             async for chunk in stream:
+                if gone is not None and gone.done():
+                    await stream.aclose()
+                    return sent
                 if chunk:
                     sent += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -166,8 +179,17 @@ class GatewayApp:
         except (OSError, asyncio.CancelledError):
             await stream.aclose()
             raise
+        finally:
+            if gone is not None and not gone.cancel() and not gone.cancelled():
+                gone.exception()  # retrieved: a failing receive means the client is gone
         await send({"type": "http.response.body", "body": b""})
         return sent
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Return when the client is gone (request body messages left unread are dropped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app() -> GatewayApp:

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from gateway.edge import problem_response
+from gateway.errors import ClientGone
 from gateway.exchange import Exchange, Response
-from gateway.frontends.asgi import ClientGone
 
 if TYPE_CHECKING:
     from gateway.frontends.native_conn import HttpConnection

@@ -117,7 +117,11 @@ async def respond(conn: HttpConnection, pending: Pending) -> bool:
     try:
         response = pending.error
         if response is None and pending.malformed is None:
-            response = await snapshot.dispatch(exchange)
+            try:
+                response = await snapshot.dispatch(exchange)
+            except ClientGone:
+                if pending.malformed is None:
+                    raise
         if pending.malformed is not None:  # the body broke while the chain ran
             if response is not None:
                 await response.aclose()

@@ -98,7 +98,11 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._head_size += len(name) + len(value) + 4
             self._header_count += 1
             if self._head_size > limits.max_header_size or self._header_count > limits.max_headers:
-                self._reject = (431, "request-header-fields-too-large", "the request headers are too large")
+                self._reject = (
+                    431,
+                    "request-header-fields-too-large",
+                    "the request headers are too large",
+                )
                 raise _LimitExceeded
             super().on_header(name, value)
 

@@ -65,8 +65,11 @@ class AccessLog:
         if not self.enabled:
             return
         if self.text:
+            path = exchange.path
+            if not path.isprintable():  # a decoded %0A must not forge a log line
+                path = path.encode("unicode_escape").decode("ascii")
             line = (
-                f'{exchange.client_ip} "{exchange.method} {exchange.path}" {status} '
+                f'{exchange.client_ip} "{exchange.method} {path}" {status} '
                 f"{bytes_out} {duration * 1000:.2f}ms route={route} trace={exchange.trace_id}\n"
             ).encode()
         else:

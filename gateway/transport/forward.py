@@ -33,6 +33,7 @@ EJECT_FOR_SECONDS = 5.0
 
 _RESPONSE_DROP = HOP_BY_HOP
 _UPGRADE_KEEP = frozenset({b"upgrade", b"connection"})
+_VIA = (b"via", b"1.1 gateway")
 
 
 class UpstreamPool:
@@ -128,11 +129,25 @@ def request_headers(
 def response_headers(response: Response) -> None:
     """Remove hop-by-hop fields from an upstream response (in place) and add Via."""
     headers = response.headers
+    if response.status != 101:
+        # One pass for the common case; a Connection header needs its tokens first.
+        kept: Headers = []
+        for item in headers:
+            name = item[0].lower()
+            if name in _RESPONSE_DROP:
+                if name == b"connection":
+                    break
+                continue
+            kept.append(item)
+        else:
+            kept.append(_VIA)
+            response.headers = kept
+            return
     listed = connection_tokens(headers)
     keep = _UPGRADE_KEEP if response.status == 101 else frozenset()
     drop = (_RESPONSE_DROP - keep) | (listed - keep)
     response.headers = [(k, v) for k, v in headers if k.lower() not in drop]
-    response.headers.append((b"via", b"1.1 gateway"))
+    response.headers.append(_VIA)
 
 
 def make_forwarder(
