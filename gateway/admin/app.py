@@ -48,6 +48,13 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     return value
 
 
+def policy_routes(runtime: Runtime, guarded: Callable[[Endpoint], Endpoint]) -> list[Route]:
+    """Admin routes that policies add under ``/admin/`` (all behind the bearer token)."""
+    from gateway.policies.cache.admin import cache_routes
+
+    return cache_routes(runtime, guarded)
+
+
 def build_admin_app(runtime: Runtime, token: str | None) -> Starlette:
     def guarded(endpoint: Endpoint) -> Endpoint:
         async def check(request: Request) -> Response:
@@ -120,5 +127,6 @@ def build_admin_app(runtime: Runtime, token: str | None) -> Starlette:
             Route("/admin/config", guarded(config)),
             Route("/admin/routes", guarded(routes)),
             Route("/admin/reload", guarded(reload), methods=["POST"]),
+            *policy_routes(runtime, guarded),
         ]
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.policies.adaptive.policy import AdaptivePolicy
 from gateway.policies.base import Policy
+from gateway.policies.cache.policy import CachePolicy
 from gateway.policies.concurrency.policy import ConcurrencyPolicy
 from gateway.policies.noop.policy import NoopPolicy
 from gateway.policies.rate_limit.policy import RateLimitPolicy
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type[Policy[Any]]] = {
     RateLimitPolicy.name: RateLimitPolicy,
     ConcurrencyPolicy.name: ConcurrencyPolicy,
     AdaptivePolicy.name: AdaptivePolicy,
+    CachePolicy.name: CachePolicy,
 }
 
 

@@ -82,6 +82,13 @@ class Policy(Generic[C]):
         """One line for ``gateway explain``: what this policy would key on or do."""
         return ""
 
+    def bind_next(self, call_next: Handler) -> None:
+        """Called once when the chain is built, with the handler below this policy.
+
+        For work a policy starts by itself outside any request (cache warming);
+        requests still get their own ``call_next``.
+        """
+
     async def start(self) -> None:
         """Called once when the snapshot holding this policy goes live."""
 

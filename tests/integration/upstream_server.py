@@ -15,6 +15,16 @@ Paths (query parameters in brackets):
 * ``/hop``              a response with hop-by-hop headers that a proxy must remove
 * ``/ws``               WebSocket echo (text and binary frames)
 * ``/cacheable...``     200 with ``Cache-Control: max-age=60`` and a counter in the body
+* ``/cache/r/NAME``     a response shaped by its query, for the cache tests (see ``cache``):
+                        ``cc``, ``etag``, ``lm``, ``vary``, ``tags``, ``cookie``, ``expires``,
+                        ``age``, ``date``, ``status``, ``delay``, ``hdr`` (``Name:value|...``
+                        extra header lines); answers If-None-Match /
+                        If-Modified-Since with 304; any other method bumps the resource's
+                        version (and is not counted in ``requests``)
+* ``/cache/control/NAME?fail=503|close|none[&location=URL][&header=Name:value]``  make
+                        ``/cache/r/NAME`` fail (or not); the Location its answers to unsafe
+                        methods carry; a header added to all its answers (304s too)
+* ``/cache/stats/NAME`` JSON: requests, 304s and conditional headers seen for NAME
 * anything else         like ``/echo``
 """
 
@@ -24,6 +34,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import email.utils
 import hashlib
 import json
 import os
@@ -35,6 +46,23 @@ import httptools
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 COUNTER = {"n": 0}
+LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
+
+
+class CacheResource:
+    """State of one ``/cache/r/NAME`` resource."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.not_modified = 0
+        self.version = 1
+        self.fail = "none"
+        self.location: str | None = None
+        self.extra: str | None = None
+        self.conditionals: list[list[str | None]] = []
+
+
+CACHE: dict[str, CacheResource] = {}
 
 
 class Request:
@@ -227,6 +255,8 @@ class Upstream(asyncio.Protocol):
                 ],
             )
             return req.keep_alive
+        if path.startswith("/cache/"):
+            return await self.cache(req, path, query)
         if path.startswith("/cacheable"):
             COUNTER["n"] += 1
             self.respond(200, f"count {COUNTER['n']}".encode(), [("Cache-Control", "max-age=60")])
@@ -242,6 +272,80 @@ class Upstream(asyncio.Protocol):
             "pid": os.getpid(),
         }
         self.respond(200, json.dumps(doc).encode(), [("Content-Type", "application/json")])
+        return req.keep_alive
+
+    async def cache(self, req: Request, path: str, query: dict[str, str]) -> bool:
+        """Responses shaped for the cache tests; state per resource name."""
+        kind, _, name = path[len("/cache/") :].partition("/")
+        res = CACHE.setdefault(name, CacheResource())
+        if kind == "control":
+            res.fail = query.get("fail", "none")
+            res.location = query.get("location")
+            res.extra = query.get("header")
+            self.respond(204)
+            return req.keep_alive
+        if kind == "stats":
+            doc = {"requests": res.requests, "not_modified": res.not_modified,
+                   "version": res.version, "conditionals": res.conditionals}  # fmt: skip
+            self.respond(200, json.dumps(doc).encode(), [("Content-Type", "application/json")])
+            return req.keep_alive
+        if req.method not in ("GET", "HEAD"):
+            if res.fail.isdigit():  # the unsafe request fails: nothing changes
+                self.respond(int(res.fail), b"failing")
+                return req.keep_alive
+            res.version += 1
+            headers = [("Location", res.location)] if res.location else []
+            self.respond(int(query.get("status", "204")), b"", headers)
+            return req.keep_alive
+        res.requests += 1
+        if "delay" in query:
+            await asyncio.sleep(float(query["delay"]))
+        if res.fail == "close":
+            self.transport.abort()
+            return False
+        if res.fail != "none":
+            self.respond(int(res.fail), b"failing", [("Cache-Control", "no-store")])
+            return req.keep_alive
+        received = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
+        etag = f'"v{res.version}"'
+        headers: list[tuple[str, str]] = []
+        if "cc" in query:
+            headers.append(("Cache-Control", query["cc"]))
+        if query.get("etag") == "1":
+            headers.append(("ETag", etag))
+        if query.get("lm") == "1":
+            headers.append(("Last-Modified", LAST_MODIFIED))
+        if "vary" in query:
+            headers.append(("Vary", query["vary"]))
+        if "tags" in query:
+            headers.append(("Surrogate-Key", query["tags"]))
+        if query.get("cookie") == "1":
+            headers.append(("Set-Cookie", f"session={res.requests}"))
+        if "expires" in query:
+            headers.append(("Expires", query["expires"]))
+        if "age" in query:
+            headers.append(("Age", query["age"]))
+        if query.get("date") == "1":
+            headers.append(("Date", email.utils.formatdate(usegmt=True)))
+        for line in [*query.get("hdr", "").split("|"), res.extra or ""]:
+            key, sep, value = line.partition(":")
+            if sep:
+                headers.append((key, value))
+        inm, ims = received.get("if-none-match"), received.get("if-modified-since")
+        if inm is not None or ims is not None:
+            res.conditionals.append([inm, ims])
+        matches = (inm is not None and query.get("etag") == "1" and etag in inm) or (
+            inm is None and ims == LAST_MODIFIED and query.get("lm") == "1"
+        )
+        if matches:
+            res.not_modified += 1
+            self.respond(304, b"", headers, reason="Not Modified")
+            return req.keep_alive
+        shown = {h: received.get(h.lower()) for h in query.get("vary", "").split(",") if h}
+        body = json.dumps({"name": name, "n": res.requests, "version": res.version,
+                           "vary": shown}).encode()  # fmt: skip
+        headers.append(("Content-Type", "application/json"))
+        self.respond(int(query.get("status", "200")), body, headers)
         return req.keep_alive
 
     async def websocket(self, req: Request) -> bool:
