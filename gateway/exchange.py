@@ -7,10 +7,10 @@ and lookups compare case-insensitively, so nothing is converted per request.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from random import getrandbits as _random_bits
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.types import Headers
@@ -157,7 +157,8 @@ CompleteCallback = Callable[["Exchange", int], Awaitable[None] | None]
 
 
 def new_trace_id() -> str:
-    return os.urandom(16).hex()
+    """A W3C trace id: 32 lower-case hex digits, never all zero."""
+    return f"{_random_bits(128) or 1:032x}"
 
 
 class Exchange:

@@ -33,8 +33,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+_second: list[object] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    """RFC 3339 UTC with milliseconds; the seconds part is formatted once per second."""
+    whole = int(ts)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((ts - whole) * 1000):03d}Z"
 
 
 def setup_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:

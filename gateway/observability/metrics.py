@@ -7,22 +7,90 @@ Policies declare their own counters through :meth:`Metrics.counter` /
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class _Histogram:
+    """One label set's histogram: bucket counts by bisect, no locks (one event loop)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.total += value
+
+
+class _RequestCollector(Collector):
+    """The per-request series, kept in plain ints and lists and rendered at scrape time.
+
+    prometheus_client's Counter.inc and Histogram.observe take a lock and walk every
+    bucket (~2-3 us per request for the three series); these cost ~0.3 us.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], list[int]] = {}
+        self.durations: dict[str, _Histogram] = {}
+        self.upstream: dict[str, _Histogram] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "Requests answered, by route, method and status class.",
+            labels=["route", "method", "status_class"],
+        )
+        for labels, cell in sorted(self.requests.items()):
+            requests.add_metric(list(labels), cell[0])
+        yield requests
+        yield self._histograms(
+            "gateway_request_duration_seconds",
+            "Time from request head received to last response byte sent.",
+            "route",
+            self.durations,
+        )
+        yield self._histograms(
+            "gateway_upstream_duration_seconds",
+            "Time from sending a request upstream to its response head.",
+            "upstream",
+            self.upstream,
+        )
+
+    @staticmethod
+    def _histograms(
+        name: str, doc: str, label: str, series: dict[str, _Histogram]
+    ) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, doc, labels=[label])
+        for value, hist in sorted(series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), hist.counts, strict=True):
+                cumulative += count
+                buckets.append((_bound(bound), float(cumulative)))
+            family.add_metric([value], buckets, hist.total)
+        return family
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
 
 
 class Metrics:
@@ -32,26 +100,8 @@ class Metrics:
         if registry is None:
             ProcessCollector(registry=r)  # process_* (CPU, RSS, open fds) of this process
             PlatformCollector(registry=r)
-        self.requests = Counter(
-            "gateway_requests_total",
-            "Requests answered, by route, method and status class.",
-            ["route", "method", "status_class"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from request head received to last response byte sent.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_duration = Histogram(
-            "gateway_upstream_duration_seconds",
-            "Time from sending a request upstream to its response head.",
-            ["upstream"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._fast = _RequestCollector()
+        r.register(self._fast)
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Requests being served now.", registry=r
         )
@@ -82,8 +132,7 @@ class Metrics:
         self.config_info = Gauge(
             "gateway_config_info", "The loaded config's hash (value 1).", ["hash"], registry=r
         )
-        self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._duration_children: dict[str, Callable[[float], None]] = {}
+        self._request_cells: dict[tuple[str, str, int], list[int]] = {}
         self._decision_children: dict[tuple[str, str, str, bool], Callable[[], None]] = {}
         self._custom: dict[str, Counter | Gauge] = {}
         for result in ("success", "failure"):
@@ -91,15 +140,16 @@ class Metrics:
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status // 100)
-        inc = self._request_children.get(key)
-        if inc is None:
+        cell = self._request_cells.get(key)
+        if cell is None:
             cls = STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
-            inc = self._request_children[key] = self.requests.labels(route, method, cls).inc
-        inc()
-        observe = self._duration_children.get(route)
-        if observe is None:
-            observe = self._duration_children[route] = self.duration.labels(route).observe
-        observe(seconds)
+            cell = self._fast.requests.setdefault((route, method, cls), [0])
+            self._request_cells[key] = cell
+        cell[0] += 1
+        hist = self._fast.durations.get(route)
+        if hist is None:
+            hist = self._fast.durations[route] = _Histogram()
+        hist.observe(seconds)
 
     def decision(self, route: str, policy: str, action: str, shadow: bool) -> None:
         key = (route, policy, action, shadow)
@@ -112,7 +162,10 @@ class Metrics:
         inc()
 
     def upstream_observer(self, upstream: str) -> Callable[[float], None]:
-        return self.upstream_duration.labels(upstream).observe
+        hist = self._fast.upstream.get(upstream)
+        if hist is None:
+            hist = self._fast.upstream[upstream] = _Histogram()
+        return hist.observe
 
     def upstream_error_counter(self, upstream: str) -> Callable[[str], None]:
         def count(kind: str) -> None:
