@@ -2,13 +2,18 @@
 
     .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--connections 64]
                                   [--variants native,asgi] [--profile]
+    .venv/bin/python bench/run.py --variants cache    # cache hits beside nginx proxy_cache
 
 Starts a fast purpose-written upstream (``bench/upstream.py``), nginx (``proxy_pass``
 with upstream keep-alive) and one gateway process per selected variant (one worker,
 access log and metrics on), pins the proxy under test to one CPU and wrk plus the
 upstream to another, runs wrk rounds interleaved over every target, and prints the
 median requests/s, p50 and p99, the ratio to nginx, the proxy's CPU per request, and
-the latency added over the direct upstream at one connection. ``--profile`` instead
+the latency added over the direct upstream at one connection. Cache variants also get
+a second nginx with ``proxy_cache`` serving hits on the same path (``nginx-cache``), and a
+table of hit throughput as ratios to it and to the gateway's pass-through, with the
+evidence that the hits were hits (the gateway's cache metrics, nginx's
+``$upstream_cache_status``, the upstream's own request count). ``--profile`` instead
 runs one round against one gateway variant under a profiler and prints where the time
 goes. See ``bench/README.md``.
 """
@@ -37,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from variants import DEFAULT_VARIANTS, VARIANTS, Variant, fill
+from variants import CACHEABLE_PATH, DEFAULT_VARIANTS, GROUPS, VARIANTS, Variant, expand, fill
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -212,6 +217,19 @@ class Target:
     runs: list[dict[str, Any]] = field(default_factory=list)  # c=N throughput rounds
     latency: list[dict[str, Any]] = field(default_factory=list)  # c=1 rounds
     warmups: list[dict[str, Any]] = field(default_factory=list)  # discarded from the figures
+    variant: Variant | None = None  # for gateway targets
+    count_upstream: bool = False  # count the upstream's /cacheable requests during runs
+    upstream_seen: int | None = None  # ... summed over every wrk run of this target
+    sample: str | None = None  # one response's status and cache header, after the warm-up
+    cache_metrics: dict[str, dict[str, float]] | None = None  # the gateway's, after the run
+
+    @property
+    def cache_compared(self) -> bool:
+        """Whether the target belongs in the cache table."""
+        if self.name == "nginx-cache":
+            return True
+        v = self.variant
+        return v is not None and (v.nginx_cache or v.caches or v.baseline is not None)
 
 
 NGINX_CONF = """\
@@ -237,32 +255,73 @@ http {{
         keepalive 64;
         keepalive_requests 100000;   # upstream side; same trap
         keepalive_timeout 75s;
-    }}
+    }}{http_extra}
     server {{
         listen {host}:{port};
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection "";{location_extra}
         }}
     }}
 }}
 """
 
+# The nginx-cache target: the same config plus a proxy_cache. The upstream's
+# Cache-Control (max-age=3600 on /cacheable) is honoured; proxy_cache_valid only
+# applies to a 200 without caching headers. X-Cache-Status shows HIT / MISS / EXPIRED.
+NGINX_CACHE_HTTP = """
+    proxy_cache_path {tmp}/cache levels=1:2 keys_zone=bench:1m max_size=64m
+                     inactive=1h use_temp_path=off;"""
+NGINX_CACHE_LOCATION = """
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            add_header X-Cache-Status $upstream_cache_status always;"""
 
-def start_nginx(procs: Processes, nginx: str, tmp: Path, upstream_port: int, cpu: int) -> Target:
+
+def start_nginx(
+    procs: Processes,
+    nginx: str,
+    tmp: Path,
+    upstream_port: int,
+    cpu: int,
+    *,
+    cache: bool = False,
+) -> Target:
+    """nginx as a plain reverse proxy, or (``cache``) a second instance, in its own
+    directory under ``tmp``, with ``proxy_cache`` on the cacheable path."""
+    name = "nginx-cache" if cache else "nginx"
+    if cache:
+        tmp = tmp / "nginx-cache"
+        tmp.mkdir()
+        if os.geteuid() == 0:
+            # nginx's workers run as `nobody` and write the cache files: let them reach
+            # the cache directory (nginx creates it and gives it to them)
+            tmp.chmod(0o755)
+            tmp.parent.chmod(0o711)
     port = free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, host=HOST, port=port, upstream_port=upstream_port))
+    conf.write_text(
+        NGINX_CONF.format(
+            tmp=tmp,
+            host=HOST,
+            port=port,
+            upstream_port=upstream_port,
+            http_extra=NGINX_CACHE_HTTP.format(tmp=tmp) if cache else "",
+            location_extra=NGINX_CACHE_LOCATION if cache else "",
+        )
+    )
     proc = procs.start(
-        "nginx",
+        name,
         [nginx, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)],
         cpu=cpu,
         log=tmp / "nginx.stderr",
     )
-    target = Target("nginx", f"http://{HOST}:{port}/", proc, note="worker_processes 1")
+    path = CACHEABLE_PATH if cache else "/"
+    note = "worker_processes 1" + (", proxy_cache serving hits" if cache else "")
+    target = Target(name, f"http://{HOST}:{port}{path}", proc, note=note, count_upstream=cache)
     try:
-        wait_until(lambda: http_ok(target.url), proc, "nginx")
+        wait_until(lambda: http_ok(target.url), proc, name)
     except TargetFailed as exc:
         target.failed = str(exc) + "\n" + _tail(tmp / "nginx-error.log")
     return target
@@ -341,8 +400,9 @@ def start_gateway(
     config_path = tmp / f"gateway-{name}.yaml"
     config = gateway_config(variant, listen, admin, upstream_port, placeholders)
     config_path.write_text(json.dumps(config, indent=2) + "\n")
-    target = Target(f"gateway-{name}", f"http://{HOST}:{listen}{variant.path}")
+    target = Target(f"gateway-{name}", f"http://{HOST}:{listen}{variant.path}", variant=variant)
     target.admin = f"http://{HOST}:{admin}"
+    target.count_upstream = variant.path.startswith(CACHEABLE_PATH)
     check = subprocess.run(
         [args.gateway, "check", "-q", str(config_path)],
         capture_output=True,
@@ -413,19 +473,85 @@ def start_redis(procs: Processes, tmp: Path, cpu: int) -> str:
     return f"redis://{HOST}:{port}/0"
 
 
-def metrics_requests(admin: str) -> float | None:
-    """``gateway_requests_total`` summed over its labels, from the admin /metrics."""
+def metrics_text(admin: str) -> str | None:
     try:
         with urllib.request.urlopen(admin + "/metrics", timeout=5) as response:
-            text = response.read().decode()
+            return str(response.read().decode())
     except (OSError, urllib.error.URLError):
         return None
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("gateway_requests_total{")
-    ]
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric ``name`` in Prometheus text format: (labels, value)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        labels = dict(_LABEL.findall(head[len(name) :]))
+        out.append((labels, float(value)))
+    return out
+
+
+def metrics_requests(admin: str) -> float | None:
+    """``gateway_requests_total`` summed over its labels, from the admin /metrics."""
+    text = metrics_text(admin)
+    if text is None:
+        return None
+    values = [v for _, v in metric_samples(text, "gateway_requests_total")]
     return sum(values) if values else None
+
+
+def cache_metrics(admin: str) -> dict[str, dict[str, float]] | None:
+    """The cache policy's counters: decisions by action, shared-tier reads by result,
+    stores by outcome (each summed over the other labels)."""
+    text = metrics_text(admin)
+    if text is None:
+        return None
+    out: dict[str, dict[str, float]] = {"decisions": {}, "shared_reads": {}, "stores": {}}
+    for labels, value in metric_samples(text, "gateway_policy_decisions_total"):
+        if labels.get("policy") == "cache":
+            action = labels.get("action", "?")
+            out["decisions"][action] = out["decisions"].get(action, 0.0) + value
+    for key, name, label in (
+        ("shared_reads", "gateway_cache_shared_reads_total", "result"),
+        ("stores", "gateway_cache_stores_total", "outcome"),
+    ):
+        for labels, value in metric_samples(text, name):
+            what = labels.get(label, "?")
+            out[key][what] = out[key].get(what, 0.0) + value
+    return out
+
+
+def upstream_cacheable(port: int) -> int | None:
+    """How many /cacheable requests the upstream has answered (one process's count)."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/__bench/stats", timeout=2) as r:
+            return int(json.loads(r.read())["cacheable"])
+    except (OSError, urllib.error.URLError, ValueError, KeyError):
+        return None
+
+
+def sample_response(target: Target) -> str:
+    """One GET through ``target``: its status and cache header, as one string."""
+    try:
+        with urllib.request.urlopen(target.url, timeout=5) as response:
+            response.read()
+            status = response.status
+            headers = response.headers
+    except urllib.error.HTTPError as exc:
+        status, headers = exc.code, exc.headers
+    except (OSError, urllib.error.URLError) as exc:
+        return f"request failed: {exc}"
+    parts = [str(status)]
+    for name in ("X-Cache-Status", "Cache-Status", "Age"):
+        value = headers.get(name)
+        if value is not None:
+            parts.append(f"{name}: {value}")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------- wrk
@@ -480,6 +606,8 @@ def run_wrk(
 def measure(args: argparse.Namespace, target: Target, kind: str) -> None:
     if target.failed or (kind == "warmup" and args.warmup <= 0):
         return
+    port = getattr(args, "upstream_stats_port", None)
+    before = upstream_cacheable(port) if port and target.count_upstream else None
     try:
         if kind == "warmup":
             target.warmups.append(run_wrk(args, target, args.connections, args.warmup))
@@ -491,6 +619,10 @@ def measure(args: argparse.Namespace, target: Target, kind: str) -> None:
         target.failed = str(exc)
         print(f"  {target.name}: FAILED ({str(exc).splitlines()[0]})", flush=True)
         return
+    if before is not None and port:
+        after = upstream_cacheable(port)
+        if after is not None:
+            target.upstream_seen = (target.upstream_seen or 0) + after - before
     if kind != "warmup":
         last = target.runs[-1] if kind == "throughput" else target.latency[-1]
         cpu = f", proxy CPU {last['cpu_share']:.0%}" if "cpu_share" in last else ""
@@ -552,7 +684,57 @@ def summarize(targets: list[Target]) -> dict[str, Any]:
                 else added - nginx_added,
             }
         )
-    return {"rows": rows}
+    return {"rows": rows, "cache": summarize_cache(targets, rows)}
+
+
+def summarize_cache(targets: list[Target], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cache rows: hit throughput as ratios to nginx proxy_cache serving hits and to the
+    gateway's pass-through on the same path, with the evidence that hits were hits."""
+    by_row = {r["target"]: r for r in rows}
+    ref = by_row.get("nginx-cache")
+    baselines = {t.variant.baseline for t in targets if t.variant and t.variant.baseline}
+    out = []
+    for t in targets:
+        if not t.cache_compared:
+            continue
+        r = by_row[t.name]
+        base = None
+        if t.variant is not None and t.variant.baseline:
+            base = by_row.get(f"gateway-{t.variant.baseline}")
+        elif t.name.removeprefix("gateway-") in baselines:
+            base = r
+        metrics = t.cache_metrics or {}
+        decisions = metrics.get("decisions", {})
+        out.append(
+            {
+                "target": t.name,
+                "failed": r["failed"],
+                "rounds": r["rounds"],
+                "rps": r["rps"],
+                "cpu_us_per_req": r["cpu_us_per_req"],
+                "cpu_share": r["cpu_share"],
+                "x_nginx_cache": _ratio(r["rps"], ref and ref["rps"]),
+                "x_nginx_cache_cpu": _ratio(ref and ref["cpu_us_per_req"], r["cpu_us_per_req"]),
+                "baseline": base["target"] if base else None,
+                "x_pass": _ratio(r["rps"], base and base["rps"]),
+                "x_pass_cpu": _ratio(base and base["cpu_us_per_req"], r["cpu_us_per_req"]),
+                "wrk_requests": sum(x["requests"] for x in t.warmups + t.runs + t.latency),
+                "decisions": decisions,
+                "hits": decisions.get("hit"),
+                "shared_reads": metrics.get("shared_reads", {}),
+                "stores": metrics.get("stores", {}),
+                "upstream_requests": t.upstream_seen,
+                "sample": t.sample,
+                "errors": r["errors"],
+                "non2xx": r["non2xx"],
+                "caches": t.variant is not None and t.variant.caches,
+            }
+        )
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
@@ -603,6 +785,8 @@ def print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
             )
     if args.latency_duration > 0:
         _print_latency(rows, args)
+    if summary.get("cache"):
+        _print_cache(summary["cache"], args)
     failed = [r for r in rows if r["failed"]]
     if failed:
         print()
@@ -633,6 +817,96 @@ def _print_latency(rows: list[dict[str, Any]], args: argparse.Namespace) -> None
             )
         )
     _print_markdown(lines)
+
+
+HIT_TARGET = 0.35  # issue 5: an L1 hit at >= 0.35 of nginx proxy_cache's hit rate
+
+
+def _print_cache(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"Cache hits: GET {CACHEABLE_PATH}, same runs (wrk -c{args.connections} "
+        f"-d{args.duration}s, median of {args.rounds} round(s)); x nginx-cache = over nginx "
+        "proxy_cache serving hits; x pass = over the gateway's pass-through on the same "
+        "path; CPU ratios are the other's CPU per request over this one's (> 1: cheaper)"
+    )
+    head = (
+        "target",
+        "req/s",
+        "x nginx-cache",
+        "x nginx-cache CPU",
+        "x pass",
+        "x pass CPU",
+        "CPU us/req",
+        "cache hits",
+        "L2 reads hit",
+        "upstream reqs",
+        "non-2xx",
+    )
+    lines: list[tuple[str, ...]] = [head]
+    for r in rows:
+        if r["failed"] and not r["rounds"]:
+            lines.append((r["target"], "FAILED", *[""] * (len(head) - 2)))
+            continue
+        decided = sum(r["decisions"].values())
+        hits = (
+            f"{r['hits'] / decided:.2%} of {decided:,.0f}"
+            if r["caches"] and decided and r["hits"] is not None
+            else ("0" if r["caches"] else "-")
+        )
+        lines.append(
+            (
+                r["target"],
+                fmt(r["rps"], ",.0f"),
+                fmt(r["x_nginx_cache"], ".3f"),
+                fmt(r["x_nginx_cache_cpu"], ".3f"),
+                fmt(r["x_pass"], ".3f"),
+                fmt(r["x_pass_cpu"], ".3f"),
+                fmt(r["cpu_us_per_req"], ".1f"),
+                hits,
+                fmt(r["shared_reads"].get("hit"), ",.0f") if r["shared_reads"] else "-",
+                fmt(r["upstream_requests"], ",d"),
+                str(r["non2xx"]),
+            )
+        )
+    _print_markdown(lines)
+    print(
+        "(cache hits: the cache policy's hit decisions over all its decisions, from "
+        "/metrics; L2 reads hit: gateway_cache_shared_reads_total{result=hit}; upstream "
+        f"reqs: {CACHEABLE_PATH} requests the upstream answered during this target's wrk "
+        "runs, warm-up and latency pass included)"
+    )
+    for r in rows:
+        if not r["caches"] or not r["rounds"]:
+            continue
+        hits = r["hits"] or 0.0
+        tier = "L2" if hits and r["shared_reads"].get("hit", 0.0) >= hits / 2 else "L1"
+        verdict = [f"{tier} hits"]
+        ratio, cpu_ratio = r["x_nginx_cache"], r["x_nginx_cache_cpu"]
+        if ratio is not None:
+            text = (
+                f"{ratio:.3f} of nginx proxy_cache's hit rate "
+                f"({fmt(cpu_ratio, '.3f')} by CPU per request)"
+            )
+            if tier == "L1":
+                by_rps, by_cpu = ratio >= HIT_TARGET, (cpu_ratio or 0.0) >= HIT_TARGET
+                met = (
+                    "met"
+                    if by_rps and by_cpu
+                    else "NOT met"
+                    if not (by_rps or by_cpu)
+                    else f"met by {'req/s' if by_rps else 'CPU per request'} only"
+                )
+                text += f", target >= {HIT_TARGET}: {met}"
+            verdict.append(text)
+        if r["x_pass"] is not None and r["x_pass_cpu"] is not None:
+            cheaper = r["x_pass_cpu"] >= 1
+            verdict.append(
+                f"pass-through's CPU per request over this one's {r['x_pass_cpu']:.3f}, "
+                f"req/s {r['x_pass']:.3f} x the pass-through's: a hit costs no more than "
+                f"a pass-through: {'yes' if cheaper else 'NO'}"
+            )
+        print(f"{r['target']}: " + "; ".join(verdict))
 
 
 def _print_markdown(lines: Sequence[Sequence[str]]) -> None:
@@ -916,11 +1190,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
-        help=f"gateway variants, comma-separated, or 'all'; known: {', '.join(VARIANTS)}",
+        help=f"gateway variants, comma-separated, or 'all'; known: {', '.join(VARIANTS)}; "
+        f"groups: {'; '.join(g + ' = ' + ','.join(m) for g, m in GROUPS.items())}",
     )
     p.add_argument("--list-variants", action="store_true", help="describe the variants and exit")
     p.add_argument("--no-direct", action="store_true", help="skip the direct-upstream target")
     p.add_argument("--no-nginx", action="store_true", help="skip nginx (no ratio then)")
+    p.add_argument(
+        "--no-nginx-cache",
+        action="store_true",
+        help="skip the nginx proxy_cache target that cache variants are compared with",
+    )
     p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy under test")
     p.add_argument("--load-cpu", type=int, default=1, help="CPU for wrk and the upstream")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
@@ -958,7 +1238,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
     args = p.parse_args(argv)
-    names = (
+    names = expand(
         list(VARIANTS)
         if args.variants == "all"
         else [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -1053,6 +1333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             mark = "*" if name in DEFAULT_VARIANTS else " "
             print(f"{mark} {name:<16} {variant.description}")
         print("(* = default)")
+        for group, members in GROUPS.items():
+            print(f"group {group}: {', '.join(members)}")
         return 0
     try:
         check_tools(args)
@@ -1077,6 +1359,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"temp dir kept: {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _describe_cache(t: Target) -> str:
+    m = t.cache_metrics
+    if m is None:
+        return "cache metrics unavailable"
+
+    def counts(d: dict[str, float]) -> str:
+        return " ".join(f"{k}={v:,.0f}" for k, v in sorted(d.items())) or "none"
+
+    seen = fmt(t.upstream_seen, ",d", "(not counted)")
+    text = (
+        f"cache decisions {counts(m['decisions'])}; shared-tier reads "
+        f"{counts(m['shared_reads'])}; stores {counts(m['stores'])}; the upstream answered "
+        f"{seen} {CACHEABLE_PATH} requests during its runs"
+    )
+    hits, decided = m["decisions"].get("hit", 0.0), sum(m["decisions"].values())
+    if decided and hits / decided < 0.99:
+        text += "\n  warning: under 99 % of its cache decisions were hits"
+    return text
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -1129,6 +1431,12 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
         targets.append(Target("direct", f"http://{HOST}:{upstream_port}/", note="no proxy"))
     if not args.no_nginx:
         targets.append(start_nginx(procs, args.nginx, tmp, upstream_port, args.proxy_cpu))
+    if not args.no_nginx_cache and any(VARIANTS[n].nginx_cache for n in args.variant_names):
+        targets.append(
+            start_nginx(procs, args.nginx, tmp, upstream_port, args.proxy_cpu, cache=True)
+        )
+    # the upstream's /cacheable count is one process's: only exact with one worker
+    args.upstream_stats_port = upstream_port if args.upstream_workers == 1 else None
     for name in args.variant_names:
         target = start_gateway(procs, args, name, VARIANTS[name], tmp, upstream_port, placeholders)
         target.note = VARIANTS[name].description
@@ -1149,6 +1457,10 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
     if args.warmup > 0:
         for t in targets:
             measure(args, t, "warmup")
+    for t in targets:  # one response through each cache target: HIT / hit expected
+        if t.cache_compared and not t.failed:
+            t.sample = sample_response(t)
+            print(f"  {t.name}: sample after warm-up: {t.sample}", flush=True)
     for round_no in range(1, args.rounds + 1):
         print(f"round {round_no}/{args.rounds}", flush=True)
         for t in targets:
@@ -1167,6 +1479,12 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
                 f"  {t.name}: /metrics counted {fmt(counted, ',.0f', 'nothing')} requests "
                 f"(wrk completed {served:,}, plus probes and requests in flight at the end)"
             )
+            if t.variant is not None and t.variant.caches:
+                t.cache_metrics = cache_metrics(t.admin)
+                print(f"  {t.name}: {_describe_cache(t)}")
+        elif t.name == "nginx-cache" and not t.failed:
+            seen = fmt(t.upstream_seen, ",d", "(not counted)")
+            print(f"  {t.name}: the upstream answered {seen} {CACHEABLE_PATH} requests in its runs")
     summary = summarize(targets)
     print_table(summary, args)
     if args.json:

@@ -1,10 +1,19 @@
-"""The benchmark's direct upstream: a tiny, fast HTTP/1.1 server with one fixed answer.
+"""The benchmark's direct upstream: a tiny, fast HTTP/1.1 server with fixed answers.
 
 Every request (any method, any path) gets the same small ``200`` with ``Content-Length``
 and keep-alive, so the upstream costs as little CPU as Python allows and is never the
 bottleneck of a proxy measurement. Request bodies are read and dropped; pipelined
 requests are answered in order with one write per read; ``Connection: close`` and
 HTTP/1.0 without keep-alive are honoured.
+
+Two paths differ, for the cache benchmark:
+
+- any path starting with ``/cacheable`` (``/cacheable?v=2`` too): the same body, plus
+  ``Cache-Control: public, max-age=3600``, so a shared cache may store it for an hour.
+  Each such request is counted.
+- ``/__bench/stats``: ``{"cacheable": N}``, the number of ``/cacheable`` requests this
+  process has answered (not counted itself), so the harness can tell how many requests
+  a cache let through. With ``--workers N`` each process counts its own.
 
     python bench/upstream.py --port 8000 [--host 127.0.0.1] [--workers N]
 
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -31,18 +41,40 @@ RESPONSE = (
     b"Content-Length: " + str(len(BODY)).encode() + b"\r\n"
     b"\r\n" + BODY
 )
-RESPONSE_CLOSE = RESPONSE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+CACHEABLE_PATH = b"/cacheable"
+CACHEABLE_RESPONSE = RESPONSE.replace(
+    b"\r\n\r\n", b"\r\nCache-Control: public, max-age=3600\r\n\r\n", 1
+)
+STATS_PATH = b"/__bench/stats"
+#: ``/cacheable`` requests answered by this process.
+COUNTS = {"cacheable": 0}
+
+
+def _with_close(response: bytes) -> bytes:
+    return response.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+
+
+def _stats_response() -> bytes:
+    body = json.dumps(COUNTS).encode()
+    return (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        b"\r\n" + body
+    )
 
 
 class UpstreamProtocol(asyncio.Protocol):
     """One client connection: parse with httptools, answer each complete message."""
 
-    __slots__ = ("_close", "_done", "_parser", "_transport")
+    __slots__ = ("_close", "_out", "_parser", "_transport", "_url")
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._done = 0
+        self._out: list[bytes] = []  # answers to the messages completed in this read
+        self._url = b""
         self._close = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,18 +94,29 @@ class UpstreamProtocol(asyncio.Protocol):
             )
             transport.close()
             return
-        done = self._done
-        if not done:
+        out = self._out
+        if not out:
             return
-        self._done = 0
+        self._out = []
         if self._close:
-            transport.write(RESPONSE * (done - 1) + RESPONSE_CLOSE)
+            out[-1] = _with_close(out[-1])
+            transport.write(b"".join(out))
             transport.close()
         else:
-            transport.write(RESPONSE * done if done > 1 else RESPONSE)
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url  # usually one call; more when the request line is split
 
     def on_message_complete(self) -> None:
-        self._done += 1
+        url, self._url = self._url, b""
+        if url.startswith(CACHEABLE_PATH):
+            COUNTS["cacheable"] += 1
+            self._out.append(CACHEABLE_RESPONSE)
+        elif url == STATS_PATH:
+            self._out.append(_stats_response())
+        else:
+            self._out.append(RESPONSE)
         if not self._parser.should_keep_alive():
             self._close = True
 
