@@ -39,6 +39,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._head_size = 0
             self._header_count = 0
             self._reject: tuple[int, str, str] | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -46,6 +47,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._body_done()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
@@ -109,5 +111,33 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
+            self._body_wait()
+
+        # body_timeout: the longest pause between two pieces of a request body. Time the
+        # app itself holds reading paused (backpressure) is not the client's fault.
+        def _body_wait(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+            self._body_timer = self.loop.call_later(limits.body_timeout, self._body_late)
+
+        def _body_done(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_late(self) -> None:
+            self._body_timer = None
+            if self.flow is not None and self.flow.read_paused:
+                self._body_wait()
+                return
+            self.transport.close()  # the client stalled mid-body: nothing sensible to answer
+
+        def on_body(self, body: bytes) -> None:
+            self._body_wait()
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._body_done()
+            super().on_message_complete()
 
     return LimitedHttpToolsProtocol

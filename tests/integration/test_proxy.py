@@ -248,3 +248,13 @@ def test_oversized_headers_rejected(start_gateway: GatewayFactory) -> None:
         status = 431  # some servers just close: acceptable, nothing reached upstream
     assert status in (400, 431)
     assert gw.request("GET", "/echo")[0] == 200
+
+
+def test_client_stalling_mid_body_is_cut(start_gateway: GatewayFactory) -> None:
+    gw = start_gateway(limits={"body_timeout": "500ms"})
+    with raw_connection(gw.port, timeout=8) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        started = time.monotonic()
+        read_until_close(sock)
+        assert time.monotonic() - started < 6, "a stalled upload must not hold the connection"
+    assert gw.request("GET", "/echo")[0] == 200
