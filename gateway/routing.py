@@ -41,6 +41,7 @@ class Route:
     policy_names: list[str] = field(default_factory=list)
     policies: list[Any] = field(default_factory=list)
     handler: Handler | None = None
+    upgrade_gate: Handler | None = None  # the policies alone, for ASGI WebSocket handshakes
     _regex: re.Pattern[str] | None = None
     _exact: str | None = None
     _prefix: str | None = None

@@ -74,8 +74,12 @@ class Snapshot:
     trusted: tuple[Any, ...] = ()
     loaded_at: float = field(default_factory=time.time)
 
-    async def dispatch(self, exchange: Exchange) -> Response:
-        """Route and run the chain; every failure becomes a problem+json response."""
+    async def dispatch(self, exchange: Exchange, *, upgrade_gate: bool = False) -> Response:
+        """Route and run the chain; every failure becomes a problem+json response.
+
+        ``upgrade_gate``: run the route's policies for a WebSocket handshake that the
+        front-end relays itself (ASGI mode); a ``101`` answer means "go ahead".
+        """
         if self.trusted:
             exchange.client_ip = resolve_client_ip(exchange.peer_ip, exchange.headers, self.trusted)
         exchange.trace_id = trace_id_from(exchange.header(b"traceparent"))
@@ -94,9 +98,10 @@ class Snapshot:
             )
         exchange.route = route
         exchange.path_params = match.params
-        assert route.handler is not None
+        handler = route.upgrade_gate if upgrade_gate else route.handler
+        assert handler is not None
         try:
-            return await route.handler(exchange)
+            return await handler(exchange)
         except UpstreamError as exc:
             return upstream_error_response(exchange, exc)
         except StoreError as exc:
@@ -177,6 +182,8 @@ def build_snapshot(
                     positions.issue(loc, message) if positions else ConfigIssue(file, 1, 1, message)
                 )
         terminal = make_forwarder(pool, trusted, resources.metrics)
+        # Built first, so policies that keep the handler below them bind the real chain.
+        route.upgrade_gate = build_chain(chain, _allow_upgrade)
         route.handler = build_chain(chain, terminal)
         route.policy_names = [p.label for p in chain]
         route.policies = chain
@@ -193,6 +200,11 @@ def build_snapshot(
         digest=digest,
         trusted=trusted,
     )
+
+
+async def _allow_upgrade(exchange: Exchange) -> Response:
+    """The terminal of a route's upgrade gate: every policy let the handshake through."""
+    return Response(101)
 
 
 SnapshotFactory = Callable[[GatewayConfig], Snapshot]

@@ -13,7 +13,9 @@ from typing import Any
 
 import aiohttp
 
-from gateway.exchange import Exchange
+from gateway.config.snapshot import Snapshot
+from gateway.exchange import Exchange, Response
+from gateway.frontends.common import finish
 from gateway.runtime import Runtime
 from gateway.transport.forward import request_headers
 from gateway.transport.headers import FRAMING
@@ -37,11 +39,51 @@ async def proxy_websocket(
         raw += b"?" + scope["query_string"]
     client = scope.get("client")
     exchange = Exchange("GET", raw, list(scope["headers"]), client[0] if client else "0.0.0.0")
-    match = snapshot.router.match("GET", exchange.path, exchange.host, exchange.headers)
-    if match.route is None:
-        await send({"type": "websocket.close", "code": 1008})
+    # The route's policies decide on the handshake (rate limits, ...), as they would
+    # for any request; only a 101 from them lets the relay start.
+    verdict = await snapshot.dispatch(exchange, upgrade_gate=True)
+    await receive()  # websocket.connect
+    if verdict.status != 101 or exchange.route is None:
+        await _refuse(scope, send, verdict)
+        finish(snapshot, exchange, verdict.status, len(verdict.body))
         return
-    pool = snapshot.pools[match.route.upstream]
+    status = 101
+    try:
+        status = await _relay(
+            snapshot, exchange, exchange.route.upstream, raw, scope, receive, send
+        )
+    finally:
+        finish(snapshot, exchange, status, 0)
+
+
+async def _refuse(
+    scope: MutableMapping[str, Any], send: Callable[[Message], Awaitable[None]], verdict: Response
+) -> None:
+    """Answer the handshake with the policies' response where the server allows it."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await verdict.read(1 << 20)
+        headers = [(k, v) for k, v in verdict.headers if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(verdict.body)).encode()))
+        await send(
+            {"type": "websocket.http.response.start", "status": verdict.status, "headers": headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": verdict.body})
+    else:
+        await verdict.aclose()
+        await send({"type": "websocket.close", "code": 1008})
+
+
+async def _relay(
+    snapshot: Snapshot,
+    exchange: Exchange,
+    upstream_name: str,
+    raw: bytes,
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> int:
+    """Connect upstream and relay frames; the status for the access log."""
+    pool = snapshot.pools[upstream_name]
     index, target = pool.pick()
     headers, _ = request_headers(exchange, target, pool.config.host_header, snapshot.trusted)
     fwd = [
@@ -65,8 +107,7 @@ async def proxy_websocket(
             log.warning("websocket upstream %s failed: %s", url, exc)
             pool.report(index, False)
             await send({"type": "websocket.close", "code": 1011})
-            return
-        await receive()  # websocket.connect
+            return 502
         await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
 
         async def client_to_upstream() -> None:
@@ -99,3 +140,4 @@ async def proxy_websocket(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await upstream.close()
+    return 101

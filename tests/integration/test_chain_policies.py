@@ -135,3 +135,24 @@ def test_asgi_entry_point_under_uvicorn(tmp_path: Any, upstream: Any) -> None:
     finally:
         # uvicorn re-raises the signal after its graceful shutdown
         assert stop_process(proc) in (0, -15)
+
+
+def test_websocket_handshake_runs_the_route_policies(
+    start_gateway: GatewayFactory, upstream: Any, frontend: str
+) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    gw = start_gateway(with_policies(upstream, frontend, {"noop": {"respond": 429}}))
+    with pytest.raises(InvalidStatus) as info:
+        connect(f"ws://127.0.0.1:{gw.port}/ws", open_timeout=5)
+    assert info.value.response.status_code == 429
+    assert wait_until(lambda: any(line["status"] == 429 for line in gw.access_lines()))
+    # shadow: the policy decides, the relay goes ahead
+    gw2 = start_gateway(
+        with_policies(upstream, frontend, {"noop": {"mode": "shadow", "respond": 429}})
+    )
+    with connect(f"ws://127.0.0.1:{gw2.port}/ws", open_timeout=5) as ws:
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"
+    assert gw2.metric("gateway_policy_decisions_total", policy="noop", mode="shadow") >= 1
