@@ -194,7 +194,7 @@ class Runtime:
             await asyncio.sleep(self.process_config.shutdown.drain_timeout)
             if old in self._stopping:
                 self._stopping.discard(old)
-                await old.stop()
+                await self._stop_policies(old)
 
         self._later(stop_later())
 
@@ -218,8 +218,15 @@ class Runtime:
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
+    async def _start_policies(self, snapshot: Snapshot) -> None:
+        """Start a snapshot's policies as it goes live (background work: cache warming)."""
+        await snapshot.start()
+
+    async def _stop_policies(self, snapshot: Snapshot) -> None:
+        await snapshot.stop()
+
     async def start(self) -> None:
-        await self.snapshot.start()
+        await self._start_policies(self.snapshot)
         if self.process_config.reload.watch:
             self._watch_task = asyncio.create_task(self._watch())
 
@@ -240,11 +247,11 @@ class Runtime:
                 log.exception("reload of %s failed; keeping the running config", self.path)
                 return False
             try:
-                await prepared.snapshot.start()
+                await self._start_policies(prepared.snapshot)
             except Exception:
                 self.metrics.reloads.labels("failure").inc()
                 log.exception("reload: the new config failed to start; keeping the running one")
-                await prepared.snapshot.stop()
+                await self._stop_policies(prepared.snapshot)
                 self._release(prepared.new_stores, prepared.fresh_pools)
                 return False
             changed = [
@@ -289,8 +296,8 @@ class Runtime:
                 await self._watch_task
         stopping, self._stopping = self._stopping, set()
         for old in stopping:
-            await old.stop()
-        await self.snapshot.stop()
+            await self._stop_policies(old)
+        await self._stop_policies(self.snapshot)
         for pool in self.pools.values():
             await pool.transport.close()
         for task in list(self._retired):

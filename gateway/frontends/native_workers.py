@@ -13,10 +13,26 @@ Design
 * The **admin port belongs to the supervisor**, so there is one ``/healthz``,
   ``/readyz`` and ``/metrics`` however many workers run. The supervisor keeps a
   Runtime of its own (never serving traffic) for ``/admin/config``, ``/admin/routes``
-  and reload. ``/metrics`` asks every worker for its exposition over a private
-  socketpair and merges them, each sample labelled ``worker="<index>"``
-  (``sum without (worker) (...)`` gives the pod's totals; a worker that does not answer
-  within 2 s is left out of that scrape).
+  and reload; it builds snapshots but never starts their policies (no cache warming,
+  no shared-store subscriptions: that is the workers' work). ``/metrics`` asks every
+  worker for its exposition over a private socketpair and merges them, each sample
+  labelled ``worker="<index>"`` (a worker that does not answer within 2 s is left out
+  of that scrape). The supervisor adds two series of its own, labelled
+  ``worker="supervisor"``: ``gateway_config_reloads_total{result="failure"}`` (a file it
+  refuses never reaches a worker, so this is the only place a refused reload is
+  counted) and ``gateway_config_info``. Its ``result="success"`` sample is left out:
+  each worker counts the reload it applied, and the supervisor's would count it once
+  more. ``sum without (worker) (...)`` gives the pod's totals (for
+  ``gateway_config_info``, filter ``worker!="supervisor"`` to see the workers' configs).
+* **Admin calls that act on the serving Runtime** (listed in :data:`FORWARDED`; today
+  only ``POST /admin/cache/purge``) are not run by the supervisor: with a valid bearer
+  token it sends the HTTP request over each socketpair (an ``A`` frame), each worker
+  runs it through its own admin app on its live Runtime, and the supervisor combines
+  the answers (for a purge: ``removed_here`` summed, per-worker details under
+  ``workers``; a worker's error answer is returned as is; a worker that does not answer
+  within 5 s turns the answer into a 504 that still reports the others). With shared
+  cache stores each worker also publishes its purge, so the ban log gets one entry per
+  worker (harmless: replicas apply each once).
 * **Reload**: the supervisor alone watches the file. On a change, SIGHUP or
   ``POST /admin/reload`` it reloads its own Runtime first; only if that succeeds does it
   send SIGHUP to the workers, so a bad file never reaches them.
@@ -24,6 +40,9 @@ Design
   workers, which drain as a single process would (pre-stop delay, drain deadline).
   The supervisor exits 0 when every worker exited 0, else 1; a worker still running
   well past its drain deadline is killed.
+* **Socketpair frames**: ``kind, seq, length`` then the payload. ``R`` (worker ready),
+  ``M`` (metrics: empty request, exposition reply), ``A`` (admin call: a JSON head and
+  the body, both ways); a reply carries its request's ``seq``.
 * **Crashes**: a worker that dies while the gateway is not stopping is restarted, with
   a back-off (1 s doubling to 30 s) while it keeps dying young. A worker whose
   supervisor disappears (its socketpair reads EOF) drains and exits by itself.
@@ -34,7 +53,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import logging
+import os
 import signal
 import socket
 import struct
@@ -43,8 +64,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
+
 from gateway.config.loader import LoadedConfig, load_file
 from gateway.config.models import split_host_port
+from gateway.config.snapshot import Snapshot
+from gateway.errors import problem_body
 from gateway.observability.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.server import AdminServer, bind_socket, on_signals, run_loop, serve
@@ -52,14 +77,16 @@ from gateway.server import AdminServer, bind_socket, on_signals, run_loop, serve
 log = logging.getLogger("gateway")
 
 _FRAME = struct.Struct("!cII")  # kind, sequence number, payload length
-_READY, _METRICS = b"R", b"M"
+_READY, _METRICS, _ADMIN = b"R", b"M", b"A"
+_HEAD = struct.Struct("!I")  # an admin frame's payload: JSON head length, head, body
 _BOOT = (
     "import sys; from gateway.frontends.native_workers import worker_main; "
     "sys.exit(worker_main(sys.argv[1:]))"
 )
-#: How long workers get to report ready, and to answer a metrics scrape.
+#: How long workers get to report ready, to answer a metrics scrape, an admin call.
 START_TIMEOUT = 60.0
 SCRAPE_TIMEOUT = 2.0
+ADMIN_TIMEOUT = 5.0
 #: Extra time past pre-stop delay + drain deadline before a worker is killed.
 KILL_GRACE = 10.0
 
@@ -100,7 +127,7 @@ class Supervisor:
             await runtime.close()
             return 1
         await runtime.start()
-        admin = AdminServer(runtime, config, app=_refreshing(runtime, metrics))
+        admin = AdminServer(runtime, config, app=_supervisor_admin(runtime, metrics, self))
         try:
             await admin.start()
         except BaseException as exc:
@@ -223,7 +250,7 @@ class WorkerProcess:
                 payload = await reader.readexactly(size) if size else b""
                 if kind == _READY and not ready.done():
                     ready.set_result(None)
-                elif kind == _METRICS:
+                elif kind in (_METRICS, _ADMIN):
                     reply = self._replies.pop(seq, None)
                     if reply is not None and not reply.done():
                         reply.set_result(payload)
@@ -236,20 +263,34 @@ class WorkerProcess:
                 reply.cancel()
             self._replies.clear()
 
-    async def metrics(self) -> bytes | None:
-        """This worker's Prometheus exposition, or None if it did not answer in time."""
+    async def call(self, kind: bytes, payload: bytes, timeout: float) -> bytes | None:
+        """Send a request frame; the worker's reply, or None if it did not answer in time."""
         if self._writer is None or self._writer.is_closing():
             return None
         self._seq += 1
         seq = self._seq
         reply = self._replies[seq] = asyncio.get_running_loop().create_future()
         try:
-            self._writer.write(_FRAME.pack(_METRICS, seq, 0))
-            return await asyncio.wait_for(reply, SCRAPE_TIMEOUT)
+            self._writer.write(_FRAME.pack(kind, seq, len(payload)) + payload)
+            return await asyncio.wait_for(reply, timeout)
         except (TimeoutError, ConnectionError, asyncio.CancelledError):
             return None
         finally:
             self._replies.pop(seq, None)
+
+    async def metrics(self) -> bytes | None:
+        """This worker's Prometheus exposition, or None if it did not answer in time."""
+        return await self.call(_METRICS, b"", SCRAPE_TIMEOUT)
+
+    async def admin(self, request: AdminCall) -> AdminAnswer | None:
+        """Run an admin request on this worker's live Runtime; None if no answer in time."""
+        sent = {"method": request.method, "path": request.path, "query": request.query,
+                "headers": request.headers}  # fmt: skip
+        reply = await self.call(_ADMIN, _pack(sent, request.body), ADMIN_TIMEOUT)
+        if reply is None:
+            return None
+        head, body = _unpack(reply)
+        return AdminAnswer(int(head["status"]), [(k, v) for k, v in head["headers"]], body)
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -275,11 +316,22 @@ class WorkerProcess:
 
 
 class SupervisorRuntime(Runtime):
-    """The supervisor's Runtime: serves no traffic; a good reload is passed to workers."""
+    """The supervisor's Runtime: serves no traffic; a good reload is passed to workers.
+
+    It builds snapshots (``/admin/config``, ``/admin/routes``, validating a reload) but
+    never starts their policies: background work (cache warming, shared-store
+    subscriptions) is the workers' job.
+    """
 
     def __init__(self, loaded: LoadedConfig, on_reload: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         self._on_reload = on_reload
+
+    async def _start_policies(self, snapshot: Snapshot) -> None:
+        return None
+
+    async def _stop_policies(self, snapshot: Snapshot) -> None:
+        return None
 
     async def reload(self) -> bool:
         ok = await super().reload()
@@ -299,12 +351,33 @@ class ClusterMetrics(Metrics):
     async def refresh(self) -> None:
         workers = list(self._workers())
         texts = await asyncio.gather(*(w.metrics() for w in workers))
-        self._text = merge_expositions(
-            (str(w.index), text) for w, text in zip(workers, texts, strict=True) if text
-        )
+        merged = [(str(w.index), text) for w, text in zip(workers, texts, strict=True) if text]
+        merged.append(("supervisor", self.supervisor_series()))
+        self._text = merge_expositions(merged)
+
+    def supervisor_series(self) -> bytes:
+        """The supervisor's own series the workers cannot know: refused reloads, config."""
+        keep: list[bytes] = []
+        family = b""
+        for line in super().render().splitlines():
+            if line.startswith((b"# HELP ", b"# TYPE ")):
+                family = line.split(b" ", 3)[2]
+                if family in SUPERVISOR_SERIES:
+                    keep.append(line)
+            elif family in SUPERVISOR_SERIES and SUPERVISOR_SERIES[family] in line:
+                keep.append(line)
+        return b"\n".join(keep) + b"\n"
 
     def render(self) -> bytes:
         return self._text
+
+
+#: The supervisor's series in the merged ``/metrics`` (``worker="supervisor"``): each
+#: family, and what its sample lines must contain.
+SUPERVISOR_SERIES = {
+    b"gateway_config_reloads_total": b'result="failure"',
+    b"gateway_config_info": b"",
+}
 
 
 def merge_expositions(texts: Iterable[tuple[str, bytes]]) -> bytes:
@@ -335,29 +408,202 @@ def merge_expositions(texts: Iterable[tuple[str, bytes]]) -> bytes:
     return b"\n".join(out) + b"\n" if out else b""
 
 
-def _refreshing(runtime: Runtime, metrics: ClusterMetrics) -> Any:
-    """The admin app, with the workers' metrics gathered before ``/metrics`` renders."""
-    import os
+# Admin calls forwarded to the workers ----------------------------------------------------
 
+
+@dataclasses.dataclass
+class AdminCall:
+    """An admin HTTP request, as the supervisor forwards it to a worker."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclasses.dataclass
+class AdminAnswer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+#: ``answers[i]`` is worker ``indices[i]``'s answer, None if it did not answer in time.
+Combiner = Callable[[list[int], list[AdminAnswer | None]], AdminAnswer]
+
+
+def _pack(head: dict[str, Any], body: bytes) -> bytes:
+    encoded = orjson.dumps(head)
+    return _HEAD.pack(len(encoded)) + encoded + body
+
+
+def _unpack(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    (size,) = _HEAD.unpack_from(payload)
+    end = _HEAD.size + size
+    head: dict[str, Any] = orjson.loads(payload[_HEAD.size : end])
+    return head, payload[end:]
+
+
+def _problem(status: int, kind: str, title: str, detail: str, **extra: object) -> AdminAnswer:
+    body = problem_body(status, kind, title, detail)
+    if extra:
+        body = orjson.dumps({**orjson.loads(body), **extra})
+    return AdminAnswer(status, [("content-type", "application/problem+json")], body)
+
+
+def _unanimous_error(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer | None:
+    """The first error a worker gave (400, 401, 404...: they all run the same config),
+    or a 504 naming the workers that did not answer; None when every worker said 2xx."""
+    for answer in answers:
+        if answer is not None and not 200 <= answer.status < 300:
+            return answer
+    if all(answer is None for answer in answers):
+        return _problem(504, "workers-timeout", "Gateway Timeout", "no worker answered in time")
+    return None
+
+
+def combine_purge(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer:
+    """One answer for a cache purge every worker applied: removed entries summed.
+
+    A worker that did not answer in time turns it into a 504 that still reports what the
+    others did: the purge may not have reached that worker's memory tier.
+    """
+    error = _unanimous_error(indices, answers)
+    if error is not None:
+        return error
+    docs = {i: a.json() for i, a in zip(indices, answers, strict=True) if a is not None}
+    combined: dict[str, Any] = dict(next(iter(docs.values())))
+    combined["removed_here"] = sum(int(doc["removed_here"]) for doc in docs.values())
+    combined["replicated"] = all(doc["replicated"] for doc in docs.values())
+    combined["workers"] = {str(i): {"id": doc["id"], "removed_here": doc["removed_here"]}
+                           for i, doc in docs.items()}  # fmt: skip
+    missing = [i for i, a in zip(indices, answers, strict=True) if a is None]
+    if missing:
+        detail = f"workers {missing} did not answer in {ADMIN_TIMEOUT:g}s: the purge may not "
+        detail += "have reached them"
+        return _problem(504, "workers-timeout", "Gateway Timeout", detail, **combined)
+    return AdminAnswer(200, [("content-type", "application/json")], orjson.dumps(combined))
+
+
+#: Admin calls that act on the Runtime serving traffic, so on every worker's: what the
+#: supervisor's own Runtime would do is not enough. Anything else stays in the supervisor.
+FORWARDED: dict[tuple[str, str], Combiner] = {
+    ("POST", "/admin/cache/purge"): combine_purge,
+}
+
+
+def _authorized(scope: Any, token: str | None) -> bool:
+    """The bearer token is right (else the supervisor's own app answers 401 or 404)."""
+    if not token:
+        return False
+    given = b""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            given = value
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(send: Any, answer: AdminAnswer) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
+               if k.lower() != "content-length"]  # fmt: skip
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+async def call_asgi(app: Any, request: AdminCall) -> AdminAnswer:
+    """Run ``request`` through an ASGI app in this process (no socket)."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": request.method, "scheme": "http", "path": request.path,
+        "raw_path": request.path.encode("latin-1"), "root_path": "",
+        "query_string": request.query.encode("latin-1"),
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers],
+        "client": None, "server": None,
+    }  # fmt: skip
+    sent = False
+    status = 500
+    headers: list[tuple[str, str]] = []
+    body: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await asyncio.Event().wait()  # never: the request has no more to say
+        raise AssertionError  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers.extend((k.decode("latin-1"), v.decode("latin-1"))
+                           for k, v in message.get("headers", []))  # fmt: skip
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return AdminAnswer(status, headers, b"".join(body))
+
+
+def _admin_app(runtime: Runtime) -> Any:
     from gateway.admin.app import build_admin_app
 
-    app = build_admin_app(runtime, os.environ.get("GATEWAY_ADMIN_TOKEN") or None)
+    return build_admin_app(runtime, os.environ.get("GATEWAY_ADMIN_TOKEN") or None)
+
+
+def _supervisor_admin(runtime: Runtime, metrics: ClusterMetrics, supervisor: Supervisor) -> Any:
+    """The admin app, with the workers' metrics gathered before ``/metrics`` renders and
+    the calls in :data:`FORWARDED` run by every worker."""
+    app = _admin_app(runtime)
+    token = os.environ.get("GATEWAY_ADMIN_TOKEN") or None
 
     async def admin(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/metrics":
             await metrics.refresh()
+        combine = FORWARDED.get((scope.get("method", ""), scope.get("path", "")))
+        if scope["type"] == "http" and combine is not None and _authorized(scope, token):
+            request = AdminCall(
+                scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+                await _read_body(receive),
+            )  # fmt: skip
+            workers = list(supervisor.workers)
+            answers = await asyncio.gather(*(w.admin(request) for w in workers))
+            await _respond(send, combine([w.index for w in workers], list(answers)))
+            return
         await app(scope, receive, send)
 
     return admin
 
 
 class SupervisorLink:
-    """The worker's end of the socketpair: readiness out, metrics on request."""
+    """The worker's end of the socketpair: readiness out; metrics and admin calls on
+    request (an admin call runs through this worker's own admin app, on its Runtime)."""
 
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(fileno=fd)
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self._app: Any = None
 
     async def open(self, runtime: Runtime, stop: Callable[[], None]) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
@@ -373,21 +619,43 @@ class SupervisorLink:
         try:
             while True:
                 kind, seq, size = _FRAME.unpack(await reader.readexactly(_FRAME.size))
-                if size:
-                    await reader.readexactly(size)
+                payload = await reader.readexactly(size) if size else b""
                 if kind == _METRICS:
                     body = runtime.metrics.render()
                     writer.write(_FRAME.pack(_METRICS, seq, len(body)) + body)
                     await writer.drain()
+                elif kind == _ADMIN:  # may wait on stores: scrapes do not wait for it
+                    task = asyncio.create_task(self._admin(writer, runtime, seq, payload))
+                    self._calls.add(task)
+                    task.add_done_callback(self._calls.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
             log.warning("the supervisor went away: this worker drains and exits")
             stop()
+
+    async def _admin(
+        self, writer: asyncio.StreamWriter, runtime: Runtime, seq: int, payload: bytes
+    ) -> None:
+        head, body = _unpack(payload)
+        request = AdminCall(head["method"], head["path"], head["query"],
+                            [(k, v) for k, v in head["headers"]], body)  # fmt: skip
+        if self._app is None:
+            self._app = _admin_app(runtime)
+        try:
+            answer = await call_asgi(self._app, request)
+        except Exception:
+            log.exception("admin call %s %s failed", request.method, request.path)
+            answer = _problem(500, "internal", "Internal Server Error", "the worker failed")
+        reply = _pack({"status": answer.status, "headers": answer.headers}, answer.body)
+        with contextlib.suppress(ConnectionError):
+            writer.write(_FRAME.pack(_ADMIN, seq, len(reply)) + reply)
 
     def ready(self) -> None:
         if self._writer is not None:
             self._writer.write(_FRAME.pack(_READY, 0, 0))
 
     async def close(self) -> None:
+        for call in list(self._calls):
+            call.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
