@@ -55,6 +55,8 @@ IDLE, HEAD, BODY = 1, 2, 3
 MAX_PIPELINE = 16
 #: Unread request body bytes the connection reads and drops to stay alive; closes beyond.
 DISCARD_LIMIT = 1024 * 1024
+#: Reads larger than this are fed to the parser in slices of this size (head bound).
+FEED_SLICE = 16384
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -170,6 +172,27 @@ class HttpConnection(asyncio.Protocol):
                 if len(self.upgrade_tail) > HIGH_WATER:
                     self.pause(RELAY)
             return
+        if len(data) > FEED_SLICE and not self.closed:
+            # A big read may end in a new request's head: feed it in slices so the head
+            # bound below sees all but at most one slice of that head.
+            view = memoryview(data)
+            for start in range(0, len(data), FEED_SLICE):
+                if self._parse_dead or self.closed or self.relay is not None:
+                    rest = bytes(view[start:])
+                    if self.relay is not None:
+                        self.relay.feed(rest)
+                    elif self.upgrade_tail is not None:
+                        self.upgrade_tail += rest
+                    break
+                self._feed(bytes(view[start : start + FEED_SLICE]))
+        else:
+            self._feed(data)
+        wakeup = self._wakeup
+        if wakeup is not None and self.queue:
+            self._wakeup = None
+            wakeup.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
         began_in_head = self.in_head
         try:
             self.parser.feed_data(data)
@@ -190,10 +213,6 @@ class HttpConnection(asyncio.Protocol):
                 if self._head_bytes > self._max_head:
                     detail = f"the request head is larger than {self._max_head} bytes"
                     self._reject(too_large(detail))
-        wakeup = self._wakeup
-        if wakeup is not None and self.queue:
-            self._wakeup = None
-            wakeup.set_result(None)
 
     # -- httptools callbacks -----------------------------------------------------------
 

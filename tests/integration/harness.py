@@ -68,7 +68,7 @@ class Upstream:
         self.proc = subprocess.Popen(
             [sys.executable, str(UPSTREAM_SCRIPT), "--port", str(self.port)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # a pipe nobody reads would fill and block it
             start_new_session=True,
         )
         wait_for_port(self.port, self.proc)

@@ -197,6 +197,8 @@ class Upstream(asyncio.Protocol):
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
             )
+            if self.head_request:
+                return req.keep_alive
             for i in range(n):
                 chunk = bytes([ord("a") + i % 26]) * size
                 self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -206,9 +208,13 @@ class Upstream(asyncio.Protocol):
         if path == "/huge":
             total = int(query.get("bytes", str(10 * 1024 * 1024)))
             self.transport.write(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode())
+            if self.head_request:
+                return req.keep_alive
             block = b"x" * 65536
             sent = 0
             while sent < total:
+                if self.transport.is_closing():
+                    return False
                 piece = block[: min(65536, total - sent)]
                 self.transport.write(piece)
                 sent += len(piece)
