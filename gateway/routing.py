@@ -110,11 +110,20 @@ class Route:
         return True
 
 
-@dataclass(frozen=True, slots=True)
 class RouteMatch:
-    route: Route | None
-    params: dict[str, str]
-    allowed: frozenset[str] | None = None  # set when the path matched but no method did
+    """The router's answer: the route and its path parameters, or what methods exist."""
+
+    __slots__ = ("allowed", "params", "route")
+
+    def __init__(
+        self,
+        route: Route | None,
+        params: dict[str, str],
+        allowed: frozenset[str] | None = None,  # the path matched but no method did
+    ) -> None:
+        self.route = route
+        self.params = params
+        self.allowed = allowed
 
 
 class Router:

@@ -32,6 +32,9 @@ EJECT_AFTER_FAILURES = 3
 EJECT_FOR_SECONDS = 5.0
 
 _RESPONSE_DROP = HOP_BY_HOP
+#: Request fields the forwarding step looks at; every other one is passed on as is.
+_SPECIAL = HOP_BY_HOP | FORWARDING | frozenset({b"host", b"content-length"})
+_REQUEST_VIA = {"1.1": b"1.1 gateway", "1.0": b"1.0 gateway"}
 _UPGRADE_KEEP = frozenset({b"upgrade", b"connection"})
 _VIA = (b"via", b"1.1 gateway")
 
@@ -85,7 +88,11 @@ def request_headers(
     proto = forwarded_host = None
     for key, value in headers:
         name = key.lower()
-        if name in HOP_BY_HOP or (listed is not None and name in listed):
+        if name not in _SPECIAL:  # the common case: an end-to-end field, passed on
+            if listed is None or name not in listed:
+                out.append((key, value))
+            continue
+        if name in HOP_BY_HOP:
             if upgrade and name == b"upgrade":
                 out.append((key, value))
             continue
@@ -115,7 +122,10 @@ def request_headers(
     out.append((b"x-forwarded-for", b", ".join(xff)))
     out.append((b"x-forwarded-proto", proto or exchange.scheme.encode("latin-1")))
     out.append((b"x-forwarded-host", forwarded_host or exchange.host or host))
-    out.append((b"via", exchange.http_version.encode("latin-1") + b" gateway"))
+    via = _REQUEST_VIA.get(exchange.http_version)
+    if via is None:
+        via = exchange.http_version.encode("latin-1") + b" gateway"
+    out.append((b"via", via))
     if upgrade:
         out.append((b"connection", b"upgrade"))
     if exchange.body is not None:
