@@ -230,11 +230,15 @@ class Runtime:
         if self.process_config.reload.watch:
             self._watch_task = asyncio.create_task(self._watch())
 
+    def _load(self) -> LoadedConfig:
+        """The config a reload applies: the file, read again."""
+        return load_file(self.path)
+
     async def reload(self) -> bool:
         """Load the file again and swap the snapshot; False (old one kept) on any error."""
         async with self._reload_lock:
             try:
-                loaded = load_file(self.path)
+                loaded = self._load()
                 if loaded.digest == self._digest:
                     return True
                 prepared = self._prepare(loaded)

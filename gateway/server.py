@@ -181,27 +181,67 @@ class AdminServer:
             await self._task
 
 
+class Signals:
+    """SIGTERM/SIGINT call ``stop``; SIGHUP runs ``reload``, on the running loop.
+
+    Install them before any socket listens: a signal that comes as soon as a port
+    answers must find them. A SIGHUP before :meth:`ready` is kept and applied then (one
+    reload, however many came); SIGTERM/SIGINT call ``stop`` at once, which the caller
+    waits on only once it is up.
+    """
+
+    _STOP = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, stop: Callable[[], None], reload: Callable[[], Awaitable[object]]) -> None:
+        self._stop = stop
+        self._reload = reload
+        self._loop = asyncio.get_running_loop()
+        self._reloads: set[asyncio.Future[object]] = set()
+        self._ready = False
+        self._pending_reload = False
+        for sig in self._STOP:
+            self._loop.add_signal_handler(sig, stop)
+        self._loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self) -> None:
+        if not self._ready:
+            self._pending_reload = True
+            return
+        task = asyncio.ensure_future(self._reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def ready(self) -> None:
+        """Up: reloads run from now on, and one asked for meanwhile runs now."""
+        self._ready = True
+        if self._pending_reload:
+            self._pending_reload = False
+            self._on_hup()
+
+    def undo(self, *, ignore_stop: bool = False) -> None:
+        """Remove the handlers; with ``ignore_stop`` SIGTERM/SIGINT are ignored from now
+        on (a worker that drained must still exit 0 when a second stop signal comes)."""
+        # Removing a handler restores the default action: with ``ignore_stop``, a stop
+        # signal coming meanwhile must wait (blocked), then find SIG_IGN.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self._STOP) if ignore_stop else None
+        try:
+            for sig in (*self._STOP, signal.SIGHUP):
+                self._loop.remove_signal_handler(sig)
+            if ignore_stop:
+                for sig in self._STOP:
+                    signal.signal(sig, signal.SIG_IGN)
+        finally:
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def on_signals(
     stop: Callable[[], None], reload: Callable[[], Awaitable[object]]
 ) -> Callable[[], None]:
     """SIGTERM/SIGINT call ``stop``; SIGHUP runs ``reload``. Returns an undo function."""
-    loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Future[object]] = set()
-
-    def on_hup() -> None:
-        task = asyncio.ensure_future(reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, stop)
-    loop.add_signal_handler(signal.SIGINT, stop)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-
-    def undo() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-
-    return undo
+    signals = Signals(stop, reload)
+    signals.ready()
+    return signals.undo
 
 
 async def serve(
@@ -209,28 +249,39 @@ async def serve(
 ) -> int:
     """Serve until SIGTERM. A worker (``link`` set) shares the port and has no admin."""
     config = loaded.config
-    runtime = runtime_type(loaded)
-    await runtime.start()
-    frontend = make_frontend(runtime, config, reuse_port=link is not None)
     stop = asyncio.Event()
-    admin = AdminServer(runtime, config) if link is None else None
+    runtime: Runtime | None = None
+
+    async def reload() -> object:
+        return None if runtime is None else await runtime.reload()
+
+    # Before any port answers: a signal then must neither kill nor be lost.
+    signals = Signals(stop.set, reload)
     try:
-        await frontend.start()
+        runtime = runtime_type(loaded)
+        await runtime.start()
+        frontend = make_frontend(runtime, config, reuse_port=link is not None)
+        admin = AdminServer(runtime, config) if link is None else None
         try:
-            if admin is not None:
-                await admin.start()
-            if link is not None:
-                await link.open(runtime, stop.set)
+            await frontend.start()
+            try:
+                if admin is not None:
+                    await admin.start()
+                if link is not None:
+                    await link.open(runtime, stop.set)
+            except BaseException:
+                await frontend.stop_accepting()
+                await frontend.drain(0.0)
+                if admin is not None:
+                    await admin.stop()
+                raise
         except BaseException:
-            await frontend.stop_accepting()
-            await frontend.drain(0.0)
-            if admin is not None:
-                await admin.stop()
+            await runtime.close()
             raise
     except BaseException:
-        await runtime.close()
+        signals.undo()
         raise
-    undo = on_signals(stop.set, runtime.reload)
+    signals.ready()
     if link is None:
         log.info("gateway listening on %s (%s), admin on %s", config.listen, config.server,
                  config.admin)  # fmt: skip
@@ -249,7 +300,7 @@ async def serve(
         await admin.stop()
     if link is not None:
         await link.close()
-    undo()
+    signals.undo(ignore_stop=link is not None)
     await runtime.close()
     log.info("stopped")
     return 0

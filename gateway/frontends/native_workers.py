@@ -6,10 +6,11 @@ Design
   address once with ``SO_REUSEPORT`` (failing early if the port is taken, and pinning
   the real port when ``listen`` says ``:0``), then starts N workers as fresh
   interpreters (``sys.executable``; no fork of a process that holds an event loop, so
-  no inherited loop, locks or sockets). Each worker loads the file itself and runs
-  :func:`gateway.server.serve`: its own uvloop, Runtime (stores, pools, metrics) and
-  front-end, listening with ``SO_REUSEPORT`` so the kernel spreads connections over
-  the workers. Nothing on the request path crosses a process boundary.
+  no inherited loop, locks or sockets). Each worker gets the config text the
+  supervisor runs (a ``C`` frame on its socketpair, parsed with the file's path for
+  relative references) and runs :func:`gateway.server.serve`: its own uvloop, Runtime
+  (stores, pools, metrics) and front-end, listening with ``SO_REUSEPORT`` so the kernel
+  spreads connections over the workers. Nothing on the request path crosses a process boundary.
 * The **admin port belongs to the supervisor**, so there is one ``/healthz``,
   ``/readyz`` and ``/metrics`` however many workers run. The supervisor keeps a
   Runtime of its own (never serving traffic) for ``/admin/config``, ``/admin/routes``
@@ -33,14 +34,20 @@ Design
   within 5 s turns the answer into a 504 that still reports the others). With shared
   cache stores each worker also publishes its purge, so the ban log gets one entry per
   worker (harmless: replicas apply each once).
-* **Reload**: the supervisor alone watches the file. On a change, SIGHUP or
+* **Reload**: the supervisor alone reads the file. On a change, SIGHUP or
   ``POST /admin/reload`` it reloads its own Runtime first; only if that succeeds does it
-  send SIGHUP to the workers, so a bad file never reaches them.
+  send the text it validated to the workers (a ``C`` frame), so a bad file never reaches
+  them. A worker never reads the file: one that starts (or restarts after a crash) gets
+  the text the supervisor is running, whatever the file on disk says by then.
 * **Signals**: SIGTERM/SIGINT turn ``/readyz`` to 503 and are forwarded to the
   workers, which drain as a single process would (pre-stop delay, drain deadline).
   The supervisor exits 0 when every worker exited 0, else 1; a worker still running
-  well past its drain deadline is killed.
-* **Socketpair frames**: ``kind, seq, length`` then the payload. ``R`` (worker ready),
+  well past its drain deadline is killed. A worker ignores stop signals once it has
+  drained, so a signal to the whole process group (Ctrl-C, systemd's control-group
+  SIGTERM), which it may get twice, still ends in a clean exit. Handlers are in place
+  before any port listens; a SIGHUP that comes before the gateway is up is applied then.
+* **Socketpair frames**: ``kind, seq, length`` then the payload. ``C`` (config text to
+  run: the first frame a worker reads, then one per reload), ``R`` (worker ready),
   ``M`` (metrics: empty request, exposition reply), ``A`` (admin call: a JSON head and
   the body, both ways); a reply carries its request's ``seq``.
 * **Crashes**: a worker that dies while the gateway is not stopping is restarted, with
@@ -53,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import hmac
 import logging
 import os
@@ -62,22 +70,23 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gateway.config.loader import LoadedConfig, load_file
+from gateway.config.loader import LoadedConfig, load_text
 from gateway.config.models import split_host_port
 from gateway.config.snapshot import Snapshot
-from gateway.errors import problem_body
+from gateway.errors import ConfigError, ConfigIssue, problem_body
 from gateway.observability.metrics import Metrics
 from gateway.runtime import Runtime
-from gateway.server import AdminServer, bind_socket, on_signals, run_loop, serve
+from gateway.server import AdminServer, Signals, bind_socket, run_loop, serve
 
 log = logging.getLogger("gateway")
 
 _FRAME = struct.Struct("!cII")  # kind, sequence number, payload length
-_READY, _METRICS, _ADMIN = b"R", b"M", b"A"
+_READY, _METRICS, _ADMIN, _CONFIG = b"R", b"M", b"A", b"C"
 _HEAD = struct.Struct("!I")  # an admin frame's payload: JSON head length, head, body
 _BOOT = (
     "import sys; from gateway.frontends.native_workers import worker_main; "
@@ -89,6 +98,21 @@ SCRAPE_TIMEOUT = 2.0
 ADMIN_TIMEOUT = 5.0
 #: Extra time past pre-stop delay + drain deadline before a worker is killed.
 KILL_GRACE = 10.0
+
+
+def read_config(path: str | Path) -> str:
+    """The text of a policy file (a ConfigError if it cannot be read)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(str(path), 1, 1, f"cannot read the file: {exc}")]) from exc
+
+
+def config_from_text(text: str, path: str | Path) -> LoadedConfig:
+    """``text`` parsed as if read from ``path`` (which relative references start from)."""
+    config, positions = load_text(text, str(path))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return LoadedConfig(config, positions, Path(path), digest)
 
 
 def supervise(loaded: LoadedConfig) -> int:
@@ -103,28 +127,62 @@ class Supervisor:
         self.stopping = False
 
     async def run(self) -> int:
-        config = self.config
-        reserved = bind_socket(config.listen, reuse_port=True)
-        try:
-            host, _ = split_host_port(config.listen)
-            port = reserved.getsockname()[1]
-            listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            return await self._run(listen)
-        finally:
-            reserved.close()
+        stop = asyncio.Event()
+        runtime: SupervisorRuntime | None = None
 
-    async def _run(self, listen: str) -> int:
+        async def reload() -> object:
+            return None if runtime is None else await runtime.reload()
+
+        # Before any port answers (the workers' and the admin's): see Signals.
+        signals = Signals(stop.set, reload)
+        try:
+            # The text the workers run: the file as loaded, read again (if it changed
+            # since, what it says now, provided it is valid).
+            text = read_config(self.loaded.path)
+            if hashlib.sha256(text.encode()).hexdigest()[:16] != self.loaded.digest:
+                self.loaded = config_from_text(text, self.loaded.path)
+                self.config = self.loaded.config
+        except ConfigError as exc:
+            signals.undo()
+            log.error("%s", exc)
+            return 1
         config = self.config
-        metrics = ClusterMetrics(lambda: self.workers)
-        runtime = SupervisorRuntime(self.loaded, self._reload_workers, metrics=metrics)
-        self.workers = [WorkerProcess(i, str(self.loaded.path), listen)
+        try:
+            reserved = bind_socket(config.listen, reuse_port=True)
+            try:
+                host, _ = split_host_port(config.listen)
+                port = reserved.getsockname()[1]
+                listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                metrics = ClusterMetrics(lambda: self.workers)
+                runtime = SupervisorRuntime(
+                    self.loaded, text, self._reload_workers, metrics=metrics
+                )
+                return await self._run(listen, runtime, metrics, signals, stop)
+            finally:
+                reserved.close()
+        finally:
+            signals.undo()
+
+    async def _run(
+        self,
+        listen: str,
+        runtime: SupervisorRuntime,
+        metrics: ClusterMetrics,
+        signals: Signals,
+        stop: asyncio.Event,
+    ) -> int:
+        config = self.config
+        self.workers = [WorkerProcess(i, str(self.loaded.path), listen, lambda: runtime.text)
                         for i in range(config.workers)]  # fmt: skip
         try:
             await asyncio.gather(*(w.start() for w in self.workers))
         except Exception as exc:
-            log.error("a worker failed to start: %s", exc)
             await self._stop_workers(KILL_GRACE)
             await runtime.close()
+            if stop.is_set():  # asked to stop meanwhile: nothing was serving yet
+                log.info("stopped while starting (%s)", exc)
+                return 0
+            log.error("a worker failed to start: %s", exc)
             return 1
         await runtime.start()
         admin = AdminServer(runtime, config, app=_supervisor_admin(runtime, metrics, self))
@@ -139,8 +197,7 @@ class Supervisor:
             raise
         log.info("gateway listening on %s (%s, %d workers), admin on %s",
                  listen, config.server, config.workers, config.admin)  # fmt: skip
-        stop = asyncio.Event()
-        undo = on_signals(stop.set, runtime.reload)
+        signals.ready()
         watchers = [asyncio.create_task(self._watch(w)) for w in self.workers]
         await stop.wait()
 
@@ -151,7 +208,6 @@ class Supervisor:
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
-        undo()
         await admin.stop()
         await runtime.close()
         failed = [i for i, code in enumerate(codes) if code != 0]
@@ -179,9 +235,9 @@ class Supervisor:
             except Exception as exc:
                 log.error("worker %d failed to restart: %s", worker.index, exc)
 
-    def _reload_workers(self) -> None:
+    def _reload_workers(self, text: str) -> None:
         for worker in self.workers:
-            worker.signal(signal.SIGHUP)
+            worker.send_config(text)
 
     async def _stop_workers(self, expected: float) -> list[int | None]:
         for worker in self.workers:
@@ -203,10 +259,13 @@ class Supervisor:
 class WorkerProcess:
     """One worker as the supervisor sees it: the process and its socketpair."""
 
-    def __init__(self, index: int, config_path: str, listen: str) -> None:
+    def __init__(
+        self, index: int, config_path: str, listen: str, config_text: Callable[[], str]
+    ) -> None:
         self.index = index
         self.config_path = config_path
         self.listen = listen
+        self.config_text = config_text  # the text the supervisor runs, at any moment
         self.started_at = 0.0
         self.proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -234,6 +293,7 @@ class WorkerProcess:
             theirs.close()
         self.started_at = time.monotonic()
         reader, self._writer = await asyncio.open_unix_connection(sock=mine)
+        self.send_config(self.config_text())  # the first frame the worker reads
         self._ready = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader, self._ready))
         try:
@@ -292,6 +352,14 @@ class WorkerProcess:
         head, body = _unpack(reply)
         return AdminAnswer(int(head["status"]), [(k, v) for k, v in head["headers"]], body)
 
+    def send_config(self, text: str) -> None:
+        """Have the worker run ``text`` (validated by the supervisor)."""
+        if self._writer is None or self._writer.is_closing():
+            return  # not started yet, or gone: it gets the text as it (re)starts
+        payload = text.encode()
+        with contextlib.suppress(ConnectionError):
+            self._writer.write(_FRAME.pack(_CONFIG, 0, len(payload)) + payload)
+
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -323,9 +391,19 @@ class SupervisorRuntime(Runtime):
     subscriptions) is the workers' job.
     """
 
-    def __init__(self, loaded: LoadedConfig, on_reload: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(
+        self, loaded: LoadedConfig, text: str, on_reload: Callable[[str], None], **kwargs: Any
+    ) -> None:
         super().__init__(loaded, **kwargs)
+        self.text = text  # the running config's text: what workers get
+        self._read = text
         self._on_reload = on_reload
+
+    def _load(self) -> LoadedConfig:
+        text = read_config(self.path)
+        loaded = config_from_text(text, self.path)
+        self._read = text
+        return loaded
 
     async def _start_policies(self, snapshot: Snapshot) -> None:
         return None
@@ -335,8 +413,9 @@ class SupervisorRuntime(Runtime):
 
     async def reload(self) -> bool:
         ok = await super().reload()
-        if ok:
-            self._on_reload()
+        if ok:  # nothing ran between the reload's end and here: _read is what it applied
+            self.text = self._read
+            self._on_reload(self.text)
         return ok
 
 
@@ -598,8 +677,8 @@ class SupervisorLink:
     """The worker's end of the socketpair: readiness out; metrics and admin calls on
     request (an admin call runs through this worker's own admin app, on its Runtime)."""
 
-    def __init__(self, fd: int) -> None:
-        self._sock = socket.socket(fileno=fd)
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()
@@ -626,6 +705,10 @@ class SupervisorLink:
                     await writer.drain()
                 elif kind == _ADMIN:  # may wait on stores: scrapes do not wait for it
                     task = asyncio.create_task(self._admin(writer, runtime, seq, payload))
+                    self._calls.add(task)
+                    task.add_done_callback(self._calls.discard)
+                elif kind == _CONFIG and isinstance(runtime, WorkerRuntime):
+                    task = asyncio.create_task(runtime.apply(payload.decode()))
                     self._calls.add(task)
                     task.add_done_callback(self._calls.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -666,27 +749,83 @@ class SupervisorLink:
                 await self._writer.wait_closed()
 
 
-def worker_main(argv: list[str]) -> int:
-    """Entry point of a worker process: ``CONFIG INDEX FD LISTEN``."""
-    from gateway.errors import ConfigError
-    from gateway.observability.logs import setup_logging
+def _receive_config(sock: socket.socket) -> str:
+    """The first frame from the supervisor: the config text to run (blocking)."""
 
-    path, _index, fd, listen = argv
-    try:
-        loaded = load_file(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("the supervisor went away")
+            data += chunk
+        return data
+
+    kind, _, size = _FRAME.unpack(exactly(_FRAME.size))
+    if kind != _CONFIG:
+        raise ConnectionError(f"expected the config from the supervisor, got {kind!r}")
+    return exactly(size).decode()
+
+
+def _worker_config(text: str, path: str | Path, listen: str) -> LoadedConfig:
+    """``text`` as this worker runs it: on the port the supervisor picked if it says ``:0``."""
+    loaded = config_from_text(text, path)
     if split_host_port(loaded.config.listen)[1] == 0:  # every worker takes the port picked
         config = loaded.config.model_copy(update={"listen": listen})
         loaded = dataclasses.replace(loaded, config=config)
+    return loaded
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry point of a worker process: ``CONFIG INDEX FD LISTEN``.
+
+    The config comes from the supervisor (the text it runs), never from the file: the
+    path only names it and anchors relative references.
+    """
+    from gateway.observability.logs import setup_logging
+
+    path, _index, fd, listen = argv
+    # Until serve() installs its handlers (before it listens), a signal to the whole
+    # process group must not kill this worker: the supervisor relays reloads as frames,
+    # and a stop as SIGTERM once this worker has said it is ready.
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(fd))
+    try:
+        sock.setblocking(True)
+        loaded = _worker_config(_receive_config(sock), path, listen)
+    except (ConfigError, ConnectionError, UnicodeDecodeError) as exc:
+        sock.close()
+        print(exc, file=sys.stderr)
+        return 1
     logging_config = loaded.config.logging
     setup_logging(logging_config.level, logging_config.format)
-    return run_loop(serve(loaded, SupervisorLink(int(fd)), WorkerRuntime))
+    WorkerRuntime.listen = listen
+    return run_loop(serve(loaded, SupervisorLink(sock), WorkerRuntime))
 
 
 class WorkerRuntime(Runtime):
-    """A worker's Runtime: the supervisor watches the file and relays reloads as SIGHUP."""
+    """A worker's Runtime: it never reads the file. The supervisor watches it and sends
+    the text to run (:meth:`apply`); a reload applies the last text received."""
+
+    #: The address the supervisor picked (for a config that says ``:0``).
+    listen = ""
+
+    def __init__(self, loaded: LoadedConfig, **kwargs: Any) -> None:
+        super().__init__(loaded, **kwargs)
+        self._loaded = loaded
+        self._text: str | None = None
+
+    def _load(self) -> LoadedConfig:
+        if self._text is not None:
+            text, self._text = self._text, None
+            self._loaded = _worker_config(text, self.path, self.listen)
+        return self._loaded
+
+    async def apply(self, text: str) -> None:
+        """Run ``text`` (validated by the supervisor)."""
+        self._text = text
+        await self.reload()
 
     async def _watch(self) -> None:
         return None
