@@ -16,7 +16,6 @@ Decisions a shadow policy records are flagged ``shadow=True``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from gateway.exchange import Exchange, Response
@@ -27,7 +26,7 @@ from gateway.types import Handler
 def _mark_shadow(exchange: Exchange, since: int) -> None:
     decisions = exchange.decisions
     for i in range(since, len(decisions)):
-        decisions[i] = dataclasses.replace(decisions[i], shadow=True)
+        decisions[i].shadow = True
 
 
 def _enforcing(policy: Policy[Any], call_next: Handler) -> Handler:

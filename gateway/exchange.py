@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from random import getrandbits as _random_bits
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -143,14 +142,33 @@ class Response:
             self.upgraded.close()
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    """One policy's verdict on a request, for metrics, spans, logs and explain."""
+    """One policy's verdict on a request, for metrics, spans, logs and explain.
 
-    policy: str
-    action: str
-    detail: str = ""
-    shadow: bool = False
+    A plain slotted class: one is made per policy per request (a frozen dataclass
+    costs four times as much to build).
+    """
+
+    __slots__ = ("action", "detail", "policy", "shadow")
+
+    def __init__(self, policy: str, action: str, detail: str = "", shadow: bool = False) -> None:
+        self.policy = policy
+        self.action = action
+        self.detail = detail
+        self.shadow = shadow
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return (self.policy, self.action, self.detail, self.shadow) == (
+            other.policy, other.action, other.detail, other.shadow,
+        )  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((self.policy, self.action, self.detail, self.shadow))
+
+    def __repr__(self) -> str:
+        return f"Decision({self.policy!r}, {self.action!r}, {self.detail!r}, shadow={self.shadow})"
 
 
 CompleteCallback = Callable[["Exchange", int], Awaitable[None] | None]

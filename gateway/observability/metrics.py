@@ -50,6 +50,7 @@ class _RequestCollector(Collector):
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], list[int]] = {}
+        self.decisions: dict[tuple[str, str, str, str], list[int]] = {}
         self.durations: dict[str, _Histogram] = {}
         self.upstream: dict[str, _Histogram] = {}
 
@@ -62,6 +63,14 @@ class _RequestCollector(Collector):
         for labels, cell in sorted(self.requests.items()):
             requests.add_metric(list(labels), cell[0])
         yield requests
+        decisions = CounterMetricFamily(
+            "gateway_policy_decisions",
+            "Policy decisions by route, policy, action and mode (enforce or shadow).",
+            labels=["route", "policy", "action", "mode"],
+        )
+        for names, count in sorted(self.decisions.items()):
+            decisions.add_metric(list(names), count[0])
+        yield decisions
         yield self._histograms(
             "gateway_request_duration_seconds",
             "Time from request head received to last response byte sent.",
@@ -117,12 +126,6 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.decisions = Counter(
-            "gateway_policy_decisions_total",
-            "Policy decisions by route, policy, action and mode (enforce or shadow).",
-            ["route", "policy", "action", "mode"],
-            registry=r,
-        )
         self.store_errors = Counter(
             "gateway_store_errors_total",
             "Failed or timed-out store calls by store and policy.",
@@ -133,7 +136,7 @@ class Metrics:
             "gateway_config_info", "The loaded config's hash (value 1).", ["hash"], registry=r
         )
         self._request_cells: dict[tuple[str, str, int], list[int]] = {}
-        self._decision_children: dict[tuple[str, str, str, bool], Callable[[], None]] = {}
+        self._decision_cells: dict[tuple[str, str, str, bool], list[int]] = {}
         self._custom: dict[str, Counter | Gauge] = {}
         for result in ("success", "failure"):
             self.reloads.labels(result)
@@ -153,13 +156,11 @@ class Metrics:
 
     def decision(self, route: str, policy: str, action: str, shadow: bool) -> None:
         key = (route, policy, action, shadow)
-        inc = self._decision_children.get(key)
-        if inc is None:
-            mode = "shadow" if shadow else "enforce"
-            inc = self._decision_children[key] = self.decisions.labels(
-                route, policy, action, mode
-            ).inc
-        inc()
+        cell = self._decision_cells.get(key)
+        if cell is None:
+            labels = (route, policy, action, "shadow" if shadow else "enforce")
+            cell = self._decision_cells[key] = self._fast.decisions.setdefault(labels, [0])
+        cell[0] += 1
 
     def upstream_observer(self, upstream: str) -> Callable[[float], None]:
         hist = self._fast.upstream.get(upstream)
