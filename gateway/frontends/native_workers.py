@@ -59,43 +59,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
-import hmac
 import logging
-import os
 import signal
 import socket
-import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from gateway.config.loader import LoadedConfig, load_text
 from gateway.config.models import split_host_port
 from gateway.config.snapshot import Snapshot
-from gateway.errors import ConfigError, ConfigIssue, problem_body
-from gateway.observability.metrics import Metrics
+from gateway.errors import ConfigError, ConfigIssue
+from gateway.frontends.workers_admin import ClusterMetrics, _supervisor_admin
+from gateway.frontends.workers_protocol import (
+    _ADMIN,
+    _CONFIG,
+    _FRAME,
+    _METRICS,
+    _READY,
+    ADMIN_TIMEOUT,
+    AdminAnswer,
+    AdminCall,
+    _pack,
+    _unpack,
+)
 from gateway.runtime import Runtime
-from gateway.server import AdminServer, Signals, bind_socket, run_loop, serve
+from gateway.server import AdminServer, Signals, bind_socket, run_loop
 
 log = logging.getLogger("gateway")
 
-_FRAME = struct.Struct("!cII")  # kind, sequence number, payload length
-_READY, _METRICS, _ADMIN, _CONFIG = b"R", b"M", b"A", b"C"
-_HEAD = struct.Struct("!I")  # an admin frame's payload: JSON head length, head, body
 _BOOT = (
-    "import sys; from gateway.frontends.native_workers import worker_main; "
+    "import sys; from gateway.frontends.workers_child import worker_main; "
     "sys.exit(worker_main(sys.argv[1:]))"
 )
 #: How long workers get to report ready, to answer a metrics scrape, an admin call.
 START_TIMEOUT = 60.0
 SCRAPE_TIMEOUT = 2.0
-ADMIN_TIMEOUT = 5.0
 #: Extra time past pre-stop delay + drain deadline before a worker is killed.
 KILL_GRACE = 10.0
 
@@ -417,415 +419,3 @@ class SupervisorRuntime(Runtime):
             self.text = self._read
             self._on_reload(self.text)
         return ok
-
-
-class ClusterMetrics(Metrics):
-    """The workers' metrics, merged; refreshed right before each ``/metrics`` scrape."""
-
-    def __init__(self, workers: Callable[[], list[WorkerProcess]]) -> None:
-        super().__init__()
-        self._workers = workers
-        self._text = b""
-
-    async def refresh(self) -> None:
-        workers = list(self._workers())
-        texts = await asyncio.gather(*(w.metrics() for w in workers))
-        merged = [(str(w.index), text) for w, text in zip(workers, texts, strict=True) if text]
-        merged.append(("supervisor", self.supervisor_series()))
-        self._text = merge_expositions(merged)
-
-    def supervisor_series(self) -> bytes:
-        """The supervisor's own series the workers cannot know: refused reloads, config."""
-        keep: list[bytes] = []
-        family = b""
-        for line in super().render().splitlines():
-            if line.startswith((b"# HELP ", b"# TYPE ")):
-                family = line.split(b" ", 3)[2]
-                if family in SUPERVISOR_SERIES:
-                    keep.append(line)
-            elif family in SUPERVISOR_SERIES and SUPERVISOR_SERIES[family] in line:
-                keep.append(line)
-        return b"\n".join(keep) + b"\n"
-
-    def render(self) -> bytes:
-        return self._text
-
-
-#: The supervisor's series in the merged ``/metrics`` (``worker="supervisor"``): each
-#: family, and what its sample lines must contain.
-SUPERVISOR_SERIES = {
-    b"gateway_config_reloads_total": b'result="failure"',
-    b"gateway_config_info": b"",
-}
-
-
-def merge_expositions(texts: Iterable[tuple[str, bytes]]) -> bytes:
-    """Prometheus text expositions as one, each sample labelled ``worker="<name>"``."""
-    headers: dict[bytes, list[bytes]] = {}
-    samples: dict[bytes, list[bytes]] = {}
-    for worker, text in texts:
-        label = b'worker="' + worker.encode() + b'"'
-        family = b""
-        for line in text.splitlines():
-            if line.startswith((b"# HELP ", b"# TYPE ")):
-                family = line.split(b" ", 3)[2]
-                lines = headers.setdefault(family, [])
-                samples.setdefault(family, [])
-                if line not in lines:
-                    lines.append(line)
-            elif line and not line.startswith(b"#"):
-                brace, space = line.find(b"{"), line.find(b" ")
-                if 0 <= brace < space:
-                    line = line[: brace + 1] + label + b"," + line[brace + 1 :]
-                else:
-                    line = line[:space] + b"{" + label + b"}" + line[space:]
-                samples.setdefault(family, []).append(line)
-    out: list[bytes] = []
-    for family, lines in headers.items():
-        out.extend(lines)
-        out.extend(samples[family])
-    return b"\n".join(out) + b"\n" if out else b""
-
-
-# Admin calls forwarded to the workers ----------------------------------------------------
-
-
-@dataclasses.dataclass
-class AdminCall:
-    """An admin HTTP request, as the supervisor forwards it to a worker."""
-
-    method: str
-    path: str
-    query: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-@dataclasses.dataclass
-class AdminAnswer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-#: ``answers[i]`` is worker ``indices[i]``'s answer, None if it did not answer in time.
-Combiner = Callable[[list[int], list[AdminAnswer | None]], AdminAnswer]
-
-
-def _pack(head: dict[str, Any], body: bytes) -> bytes:
-    encoded = orjson.dumps(head)
-    return _HEAD.pack(len(encoded)) + encoded + body
-
-
-def _unpack(payload: bytes) -> tuple[dict[str, Any], bytes]:
-    (size,) = _HEAD.unpack_from(payload)
-    end = _HEAD.size + size
-    head: dict[str, Any] = orjson.loads(payload[_HEAD.size : end])
-    return head, payload[end:]
-
-
-def _problem(status: int, kind: str, title: str, detail: str, **extra: object) -> AdminAnswer:
-    body = problem_body(status, kind, title, detail)
-    if extra:
-        body = orjson.dumps({**orjson.loads(body), **extra})
-    return AdminAnswer(status, [("content-type", "application/problem+json")], body)
-
-
-def _unanimous_error(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer | None:
-    """The first error a worker gave (400, 401, 404...: they all run the same config),
-    or a 504 naming the workers that did not answer; None when every worker said 2xx."""
-    for answer in answers:
-        if answer is not None and not 200 <= answer.status < 300:
-            return answer
-    if all(answer is None for answer in answers):
-        return _problem(504, "workers-timeout", "Gateway Timeout", "no worker answered in time")
-    return None
-
-
-def combine_purge(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer:
-    """One answer for a cache purge every worker applied: removed entries summed.
-
-    A worker that did not answer in time turns it into a 504 that still reports what the
-    others did: the purge may not have reached that worker's memory tier.
-    """
-    error = _unanimous_error(indices, answers)
-    if error is not None:
-        return error
-    docs = {i: a.json() for i, a in zip(indices, answers, strict=True) if a is not None}
-    combined: dict[str, Any] = dict(next(iter(docs.values())))
-    combined["removed_here"] = sum(int(doc["removed_here"]) for doc in docs.values())
-    combined["replicated"] = all(doc["replicated"] for doc in docs.values())
-    combined["workers"] = {str(i): {"id": doc["id"], "removed_here": doc["removed_here"]}
-                           for i, doc in docs.items()}  # fmt: skip
-    missing = [i for i, a in zip(indices, answers, strict=True) if a is None]
-    if missing:
-        detail = f"workers {missing} did not answer in {ADMIN_TIMEOUT:g}s: the purge may not "
-        detail += "have reached them"
-        return _problem(504, "workers-timeout", "Gateway Timeout", detail, **combined)
-    return AdminAnswer(200, [("content-type", "application/json")], orjson.dumps(combined))
-
-
-#: Admin calls that act on the Runtime serving traffic, so on every worker's: what the
-#: supervisor's own Runtime would do is not enough. Anything else stays in the supervisor.
-FORWARDED: dict[tuple[str, str], Combiner] = {
-    ("POST", "/admin/cache/purge"): combine_purge,
-}
-
-
-def _authorized(scope: Any, token: str | None) -> bool:
-    """The bearer token is right (else the supervisor's own app answers 401 or 404)."""
-    if not token:
-        return False
-    given = b""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            given = value
-    return hmac.compare_digest(given, f"Bearer {token}".encode())
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _respond(send: Any, answer: AdminAnswer) -> None:
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
-               if k.lower() != "content-length"]  # fmt: skip
-    headers.append((b"content-length", str(len(answer.body)).encode()))
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
-
-
-async def call_asgi(app: Any, request: AdminCall) -> AdminAnswer:
-    """Run ``request`` through an ASGI app in this process (no socket)."""
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-        "method": request.method, "scheme": "http", "path": request.path,
-        "raw_path": request.path.encode("latin-1"), "root_path": "",
-        "query_string": request.query.encode("latin-1"),
-        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers],
-        "client": None, "server": None,
-    }  # fmt: skip
-    sent = False
-    status = 500
-    headers: list[tuple[str, str]] = []
-    body: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": request.body, "more_body": False}
-        await asyncio.Event().wait()  # never: the request has no more to say
-        raise AssertionError  # pragma: no cover
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            headers.extend((k.decode("latin-1"), v.decode("latin-1"))
-                           for k, v in message.get("headers", []))  # fmt: skip
-        elif message["type"] == "http.response.body":
-            body.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return AdminAnswer(status, headers, b"".join(body))
-
-
-def _admin_app(runtime: Runtime) -> Any:
-    from gateway.admin.app import build_admin_app
-
-    return build_admin_app(runtime, os.environ.get("GATEWAY_ADMIN_TOKEN") or None)
-
-
-def _supervisor_admin(runtime: Runtime, metrics: ClusterMetrics, supervisor: Supervisor) -> Any:
-    """The admin app, with the workers' metrics gathered before ``/metrics`` renders and
-    the calls in :data:`FORWARDED` run by every worker."""
-    app = _admin_app(runtime)
-    token = os.environ.get("GATEWAY_ADMIN_TOKEN") or None
-
-    async def admin(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/metrics":
-            await metrics.refresh()
-        combine = FORWARDED.get((scope.get("method", ""), scope.get("path", "")))
-        if scope["type"] == "http" and combine is not None and _authorized(scope, token):
-            request = AdminCall(
-                scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
-                await _read_body(receive),
-            )  # fmt: skip
-            workers = list(supervisor.workers)
-            answers = await asyncio.gather(*(w.admin(request) for w in workers))
-            await _respond(send, combine([w.index for w in workers], list(answers)))
-            return
-        await app(scope, receive, send)
-
-    return admin
-
-
-class SupervisorLink:
-    """The worker's end of the socketpair: readiness out; metrics and admin calls on
-    request (an admin call runs through this worker's own admin app, on its Runtime)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._calls: set[asyncio.Task[None]] = set()
-        self._app: Any = None
-
-    async def open(self, runtime: Runtime, stop: Callable[[], None]) -> None:
-        reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
-        self._task = asyncio.create_task(self._serve(reader, self._writer, runtime, stop))
-
-    async def _serve(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        runtime: Runtime,
-        stop: Callable[[], None],
-    ) -> None:
-        try:
-            while True:
-                kind, seq, size = _FRAME.unpack(await reader.readexactly(_FRAME.size))
-                payload = await reader.readexactly(size) if size else b""
-                if kind == _METRICS:
-                    body = runtime.metrics.render()
-                    writer.write(_FRAME.pack(_METRICS, seq, len(body)) + body)
-                    await writer.drain()
-                elif kind == _ADMIN:  # may wait on stores: scrapes do not wait for it
-                    task = asyncio.create_task(self._admin(writer, runtime, seq, payload))
-                    self._calls.add(task)
-                    task.add_done_callback(self._calls.discard)
-                elif kind == _CONFIG and isinstance(runtime, WorkerRuntime):
-                    task = asyncio.create_task(runtime.apply(payload.decode()))
-                    self._calls.add(task)
-                    task.add_done_callback(self._calls.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            log.warning("the supervisor went away: this worker drains and exits")
-            stop()
-
-    async def _admin(
-        self, writer: asyncio.StreamWriter, runtime: Runtime, seq: int, payload: bytes
-    ) -> None:
-        head, body = _unpack(payload)
-        request = AdminCall(head["method"], head["path"], head["query"],
-                            [(k, v) for k, v in head["headers"]], body)  # fmt: skip
-        if self._app is None:
-            self._app = _admin_app(runtime)
-        try:
-            answer = await call_asgi(self._app, request)
-        except Exception:
-            log.exception("admin call %s %s failed", request.method, request.path)
-            answer = _problem(500, "internal", "Internal Server Error", "the worker failed")
-        reply = _pack({"status": answer.status, "headers": answer.headers}, answer.body)
-        with contextlib.suppress(ConnectionError):
-            writer.write(_FRAME.pack(_ADMIN, seq, len(reply)) + reply)
-
-    def ready(self) -> None:
-        if self._writer is not None:
-            self._writer.write(_FRAME.pack(_READY, 0, 0))
-
-    async def close(self) -> None:
-        for call in list(self._calls):
-            call.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-
-
-def _receive_config(sock: socket.socket) -> str:
-    """The first frame from the supervisor: the config text to run (blocking)."""
-
-    def exactly(size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("the supervisor went away")
-            data += chunk
-        return data
-
-    kind, _, size = _FRAME.unpack(exactly(_FRAME.size))
-    if kind != _CONFIG:
-        raise ConnectionError(f"expected the config from the supervisor, got {kind!r}")
-    return exactly(size).decode()
-
-
-def _worker_config(text: str, path: str | Path, listen: str) -> LoadedConfig:
-    """``text`` as this worker runs it: on the port the supervisor picked if it says ``:0``."""
-    loaded = config_from_text(text, path)
-    if split_host_port(loaded.config.listen)[1] == 0:  # every worker takes the port picked
-        config = loaded.config.model_copy(update={"listen": listen})
-        loaded = dataclasses.replace(loaded, config=config)
-    return loaded
-
-
-def worker_main(argv: list[str]) -> int:
-    """Entry point of a worker process: ``CONFIG INDEX FD LISTEN``.
-
-    The config comes from the supervisor (the text it runs), never from the file: the
-    path only names it and anchors relative references.
-    """
-    from gateway.observability.logs import setup_logging
-
-    path, _index, fd, listen = argv
-    # Until serve() installs its handlers (before it listens), a signal to the whole
-    # process group must not kill this worker: the supervisor relays reloads as frames,
-    # and a stop as SIGTERM once this worker has said it is ready.
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    sock = socket.socket(fileno=int(fd))
-    try:
-        sock.setblocking(True)
-        loaded = _worker_config(_receive_config(sock), path, listen)
-    except (ConfigError, ConnectionError, UnicodeDecodeError) as exc:
-        sock.close()
-        print(exc, file=sys.stderr)
-        return 1
-    logging_config = loaded.config.logging
-    setup_logging(logging_config.level, logging_config.format)
-    WorkerRuntime.listen = listen
-    return run_loop(serve(loaded, SupervisorLink(sock), WorkerRuntime))
-
-
-class WorkerRuntime(Runtime):
-    """A worker's Runtime: it never reads the file. The supervisor watches it and sends
-    the text to run (:meth:`apply`); a reload applies the last text received."""
-
-    #: The address the supervisor picked (for a config that says ``:0``).
-    listen = ""
-
-    def __init__(self, loaded: LoadedConfig, **kwargs: Any) -> None:
-        super().__init__(loaded, **kwargs)
-        self._loaded = loaded
-        self._text: str | None = None
-
-    def _load(self) -> LoadedConfig:
-        if self._text is not None:
-            text, self._text = self._text, None
-            self._loaded = _worker_config(text, self.path, self.listen)
-        return self._loaded
-
-    async def apply(self, text: str) -> None:
-        """Run ``text`` (validated by the supervisor)."""
-        self._text = text
-        await self.reload()
-
-    async def _watch(self) -> None:
-        return None

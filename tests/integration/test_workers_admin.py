@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from gateway.frontends.native_workers import AdminAnswer, combine_purge
+from gateway.frontends.workers_admin import combine_purge
+from gateway.frontends.workers_protocol import AdminAnswer
 from tests.integration.cache_helpers import cache_config, purge, resource, stats
 from tests.integration.conftest import GatewayFactory
 from tests.integration.harness import Gateway, Upstream, wait_until

@@ -4,7 +4,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.frontends.native_workers import merge_expositions
+from gateway.frontends.workers_admin import merge_expositions
 
 
 def exposition(requests: int, in_flight: int) -> bytes:

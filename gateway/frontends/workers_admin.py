@@ -1,0 +1,241 @@
+"""The supervisor's admin port under ``workers: N``: merged metrics, forwarded calls.
+
+See :mod:`gateway.frontends.native_workers` for the design."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.errors import problem_body
+from gateway.frontends.workers_protocol import ADMIN_TIMEOUT, AdminAnswer, AdminCall, Combiner
+from gateway.observability.metrics import Metrics
+from gateway.runtime import Runtime
+
+if TYPE_CHECKING:
+    from gateway.frontends.native_workers import Supervisor, WorkerProcess
+
+log = logging.getLogger("gateway")
+
+
+class ClusterMetrics(Metrics):
+    """The workers' metrics, merged; refreshed right before each ``/metrics`` scrape."""
+
+    def __init__(self, workers: Callable[[], list[WorkerProcess]]) -> None:
+        super().__init__()
+        self._workers = workers
+        self._text = b""
+
+    async def refresh(self) -> None:
+        workers = list(self._workers())
+        texts = await asyncio.gather(*(w.metrics() for w in workers))
+        merged = [(str(w.index), text) for w, text in zip(workers, texts, strict=True) if text]
+        merged.append(("supervisor", self.supervisor_series()))
+        self._text = merge_expositions(merged)
+
+    def supervisor_series(self) -> bytes:
+        """The supervisor's own series the workers cannot know: refused reloads, config."""
+        keep: list[bytes] = []
+        family = b""
+        for line in super().render().splitlines():
+            if line.startswith((b"# HELP ", b"# TYPE ")):
+                family = line.split(b" ", 3)[2]
+                if family in SUPERVISOR_SERIES:
+                    keep.append(line)
+            elif family in SUPERVISOR_SERIES and SUPERVISOR_SERIES[family] in line:
+                keep.append(line)
+        return b"\n".join(keep) + b"\n"
+
+    def render(self) -> bytes:
+        return self._text
+
+
+#: The supervisor's series in the merged ``/metrics`` (``worker="supervisor"``): each
+#: family, and what its sample lines must contain.
+SUPERVISOR_SERIES = {
+    b"gateway_config_reloads_total": b'result="failure"',
+    b"gateway_config_info": b"",
+}
+
+
+def merge_expositions(texts: Iterable[tuple[str, bytes]]) -> bytes:
+    """Prometheus text expositions as one, each sample labelled ``worker="<name>"``."""
+    headers: dict[bytes, list[bytes]] = {}
+    samples: dict[bytes, list[bytes]] = {}
+    for worker, text in texts:
+        label = b'worker="' + worker.encode() + b'"'
+        family = b""
+        for line in text.splitlines():
+            if line.startswith((b"# HELP ", b"# TYPE ")):
+                family = line.split(b" ", 3)[2]
+                lines = headers.setdefault(family, [])
+                samples.setdefault(family, [])
+                if line not in lines:
+                    lines.append(line)
+            elif line and not line.startswith(b"#"):
+                brace, space = line.find(b"{"), line.find(b" ")
+                if 0 <= brace < space:
+                    line = line[: brace + 1] + label + b"," + line[brace + 1 :]
+                else:
+                    line = line[:space] + b"{" + label + b"}" + line[space:]
+                samples.setdefault(family, []).append(line)
+    out: list[bytes] = []
+    for family, lines in headers.items():
+        out.extend(lines)
+        out.extend(samples[family])
+    return b"\n".join(out) + b"\n" if out else b""
+
+
+# Admin calls forwarded to the workers ----------------------------------------------------
+
+
+def _problem(status: int, kind: str, title: str, detail: str, **extra: object) -> AdminAnswer:
+    body = problem_body(status, kind, title, detail)
+    if extra:
+        body = orjson.dumps({**orjson.loads(body), **extra})
+    return AdminAnswer(status, [("content-type", "application/problem+json")], body)
+
+
+def _unanimous_error(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer | None:
+    """The first error a worker gave (400, 401, 404...: they all run the same config),
+    or a 504 naming the workers that did not answer; None when every worker said 2xx."""
+    for answer in answers:
+        if answer is not None and not 200 <= answer.status < 300:
+            return answer
+    if all(answer is None for answer in answers):
+        return _problem(504, "workers-timeout", "Gateway Timeout", "no worker answered in time")
+    return None
+
+
+def combine_purge(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer:
+    """One answer for a cache purge every worker applied: removed entries summed.
+
+    A worker that did not answer in time turns it into a 504 that still reports what the
+    others did: the purge may not have reached that worker's memory tier.
+    """
+    error = _unanimous_error(indices, answers)
+    if error is not None:
+        return error
+    docs = {i: a.json() for i, a in zip(indices, answers, strict=True) if a is not None}
+    combined: dict[str, Any] = dict(next(iter(docs.values())))
+    combined["removed_here"] = sum(int(doc["removed_here"]) for doc in docs.values())
+    combined["replicated"] = all(doc["replicated"] for doc in docs.values())
+    combined["workers"] = {str(i): {"id": doc["id"], "removed_here": doc["removed_here"]}
+                           for i, doc in docs.items()}  # fmt: skip
+    missing = [i for i, a in zip(indices, answers, strict=True) if a is None]
+    if missing:
+        detail = f"workers {missing} did not answer in {ADMIN_TIMEOUT:g}s: the purge may not "
+        detail += "have reached them"
+        return _problem(504, "workers-timeout", "Gateway Timeout", detail, **combined)
+    return AdminAnswer(200, [("content-type", "application/json")], orjson.dumps(combined))
+
+
+#: Admin calls that act on the Runtime serving traffic, so on every worker's: what the
+#: supervisor's own Runtime would do is not enough. Anything else stays in the supervisor.
+FORWARDED: dict[tuple[str, str], Combiner] = {
+    ("POST", "/admin/cache/purge"): combine_purge,
+}
+
+
+def _authorized(scope: Any, token: str | None) -> bool:
+    """The bearer token is right (else the supervisor's own app answers 401 or 404)."""
+    if not token:
+        return False
+    given = b""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            given = value
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(send: Any, answer: AdminAnswer) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
+               if k.lower() != "content-length"]  # fmt: skip
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+async def call_asgi(app: Any, request: AdminCall) -> AdminAnswer:
+    """Run ``request`` through an ASGI app in this process (no socket)."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": request.method, "scheme": "http", "path": request.path,
+        "raw_path": request.path.encode("latin-1"), "root_path": "",
+        "query_string": request.query.encode("latin-1"),
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers],
+        "client": None, "server": None,
+    }  # fmt: skip
+    sent = False
+    status = 500
+    headers: list[tuple[str, str]] = []
+    body: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await asyncio.Event().wait()  # never: the request has no more to say
+        raise AssertionError  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers.extend((k.decode("latin-1"), v.decode("latin-1"))
+                           for k, v in message.get("headers", []))  # fmt: skip
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return AdminAnswer(status, headers, b"".join(body))
+
+
+def _admin_app(runtime: Runtime) -> Any:
+    from gateway.admin.app import build_admin_app
+
+    return build_admin_app(runtime, os.environ.get("GATEWAY_ADMIN_TOKEN") or None)
+
+
+def _supervisor_admin(runtime: Runtime, metrics: ClusterMetrics, supervisor: Supervisor) -> Any:
+    """The admin app, with the workers' metrics gathered before ``/metrics`` renders and
+    the calls in :data:`FORWARDED` run by every worker."""
+    app = _admin_app(runtime)
+    token = os.environ.get("GATEWAY_ADMIN_TOKEN") or None
+
+    async def admin(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            await metrics.refresh()
+        combine = FORWARDED.get((scope.get("method", ""), scope.get("path", "")))
+        if scope["type"] == "http" and combine is not None and _authorized(scope, token):
+            request = AdminCall(
+                scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+                await _read_body(receive),
+            )  # fmt: skip
+            workers = list(supervisor.workers)
+            answers = await asyncio.gather(*(w.admin(request) for w in workers))
+            await _respond(send, combine([w.index for w in workers], list(answers)))
+            return
+        await app(scope, receive, send)
+
+    return admin
