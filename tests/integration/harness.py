@@ -279,3 +279,19 @@ def read_until_close(sock: socket.socket, limit: int = 1 << 24) -> bytes:
         chunks.append(data)
         size += len(data)
     return b"".join(chunks)
+
+
+BROKEN_CONFIG = "version: 1\nroutes: [ {broken\n"
+
+
+def per_worker(gw: Gateway, name: str, **labels: str) -> dict[str, float]:
+    """``name``'s samples matching ``labels``, summed per ``worker`` label (workers: N)."""
+    out: dict[str, float] = {}
+    for line in gw.metrics().splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name or not all(f'{k}="{v}"' in head for k, v in labels.items()):
+            continue
+        worker = head.partition('worker="')[2].partition('"')[0]
+        assert worker, f"a sample without a worker label: {line}"
+        out[worker] = out.get(worker, 0.0) + float(value)
+    return out

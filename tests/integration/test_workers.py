@@ -16,30 +16,17 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import GatewayFactory
-from tests.integration.harness import Gateway, wait_until
+from tests.integration.harness import BROKEN_CONFIG, Gateway, per_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
-BROKEN = "version: 1\nroutes: [ {broken\n"
+BROKEN = BROKEN_CONFIG
 
 
 @pytest.fixture
 def frontend() -> str:
     """Several workers exist for the native front-end only (overrides the conftest one)."""
     return "native"
-
-
-def per_worker(gw: Gateway, name: str, **labels: str) -> dict[str, float]:
-    """``name``'s samples matching ``labels``, summed per ``worker`` label."""
-    out: dict[str, float] = {}
-    for line in gw.metrics().splitlines():
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] != name or not all(f'{k}="{v}"' in head for k, v in labels.items()):
-            continue
-        worker = head.partition('worker="')[2].partition('"')[0]
-        assert worker, f"a sample without a worker label: {line}"
-        out[worker] = out.get(worker, 0.0) + float(value)
-    return out
 
 
 def worker_pids(gw: Gateway) -> list[int]:
