@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -267,22 +267,8 @@ class CachePolicy(Policy[CacheConfig]):
                 return self._serve(ask, entry, now, status)
         if rules.only_if_cached:
             return self._only_if_cached(ask)
-        lead = None
-        if self.config.coalesce and not rules.no_cache:
-            flight = self.coalescer.flight(ask.primary)
-            if flight is not None:
-                reused = await self._follow(ask, flight, FWD_STALE)
-                if reused is not None:
-                    return reused
-            lead = self.coalescer.lead(ask.primary)
-        try:
-            return await self._revalidate(ask, entry)
-        except UpstreamError:
-            ask.failed = True
-            raise
-        finally:
-            if lead is not None:
-                self.coalescer.land(ask.primary, lead, ask.failed)
+        coalesce = self.config.coalesce and not rules.no_cache
+        return await self._upstream(ask, FWD_STALE, coalesce, lambda: self._revalidate(ask, entry))
 
     async def _revalidate(self, ask: Ask, entry: Entry) -> Response:
         """Ask the upstream whether ``entry`` is still good (RFC 9111 §4.3.1)."""
@@ -326,14 +312,22 @@ class CachePolicy(Policy[CacheConfig]):
     async def _miss(self, ask: Ask, fwd: str) -> Response:
         if ask.rules.only_if_cached:
             return self._only_if_cached(ask)
-        lead = None
-        if (
+        coalesce = (
             self.config.coalesce
             and ask.exchange.method == "GET"
             and not ask.rules.no_store
             and not ask.ranged
             and not self.coalescer.passing(ask.primary, self.monotonic())
-        ):
+        )
+        return await self._upstream(ask, fwd, coalesce, lambda: self._fetch(ask, fwd))
+
+    async def _upstream(
+        self, ask: Ask, fwd: str, coalesce: bool, call: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """Go upstream through ``call``; with ``coalesce``, join a request already in
+        flight for this key or lead one that later requests join."""
+        lead = None
+        if coalesce:
             flight = self.coalescer.flight(ask.primary)
             if flight is not None:
                 reused = await self._follow(ask, flight, fwd)
@@ -341,7 +335,7 @@ class CachePolicy(Policy[CacheConfig]):
                     return reused
             lead = self.coalescer.lead(ask.primary)
         try:
-            return await self._fetch(ask, fwd)
+            return await call()
         except UpstreamError:
             ask.failed = True
             raise
