@@ -1,5 +1,9 @@
 """Redis store: single server, Sentinel or Cluster; Lua loaded once, called by SHA.
 
+A single server (``redis://`` or ``rediss://`` without query options) is served by the
+purpose-built pipelined client of :mod:`gateway.stores.resp`; Sentinel, Cluster, URLs
+with query options, and subscriptions go through redis-py (``client``).
+
 Every call is bounded by the store's ``timeout`` and raises StoreError on any failure;
 redis errors never leave this module.
 """
@@ -8,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -21,6 +26,7 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway.config.models import StoreSpec
 from gateway.errors import StoreError
 from gateway.stores import ScriptArg
+from gateway.stores.resp import Address, ReplyError, RespClient
 
 log = logging.getLogger("gateway.stores")
 T = TypeVar("T")
@@ -56,6 +62,29 @@ def connect(url: str, timeout: float) -> Any:
     return aioredis.Redis.from_url(url, **common)
 
 
+def resp_address(url: str) -> Address | None:
+    """The server of a ``redis://`` or ``rediss://`` URL; None for the forms left to redis-py.
+
+    ``redis[s]://[[username]:password@]host[:port][/db]``; a URL with query options
+    (``?ssl_cert_reqs=...``, ``?db=...``) is left to redis-py, which knows them all.
+    ValueError on a bad port or db.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.query or parts.fragment:
+        return None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"{url!r}: the path must be a database number")
+    return Address(
+        host=parts.hostname or "localhost",
+        port=parts.port or 6379,
+        db=int(path) if path else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=parts.scheme == "rediss",
+    )
+
+
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port``; ValueError on a bad port."""
     if text.startswith("["):
@@ -80,7 +109,14 @@ class RedisStore:
         self.prefix = spec.prefix
         self.timeout = spec.timeout
         self.url = spec.url
+        # redis-py (connects on first use): Sentinel, Cluster, URLs with query options, and
+        # subscriptions; every other call of a single server goes through ``resp``.
         self.client: Any = connect(spec.url, spec.timeout)
+        address = resp_address(spec.url)
+        self.resp: RespClient | None = None
+        if address is not None:
+            context = ssl.create_default_context() if address.tls else None
+            self.resp = RespClient(name, address, spec.timeout, context)
         self._shas: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -99,16 +135,26 @@ class RedisStore:
             raise StoreError(f"store {self.name!r}: {op} failed: {exc}") from exc
 
     async def get(self, key: str) -> bytes | None:
+        resp = self.resp
+        if resp is not None:
+            return cast("bytes | None", await resp.call(b"GET", key))
         value: bytes | None = await self._call("GET", lambda: self.client.get(key))
         return value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         px = max(int(ttl * 1000), 1)
+        resp = self.resp
+        if resp is not None:
+            await resp.call(b"SET", key, value, b"PX", px)
+            return
         await self._call("SET", lambda: self.client.set(key, value, px=px))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
+        resp = self.resp
+        if resp is not None:
+            return cast(int, await resp.call(b"DEL", *keys))
         count: int = await self._call("DEL", lambda: self.client.delete(*keys))
         return count
 
@@ -117,20 +163,46 @@ class RedisStore:
         return int(str(value))
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> object:
-        async def call() -> object:
-            sha = self._shas.get(name)
-            if sha is None:
-                sha = await self.client.script_load(load_lua(name))
-                self._shas[name] = sha
-            try:
-                return await self.client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:  # the server restarted or flushed its script cache
-                self._shas[name] = sha = await self.client.script_load(load_lua(name))
-                return await self.client.evalsha(sha, len(keys), *keys, *args)
+        resp = self.resp
+        if resp is None:
+            return await self._call(f"script {name}", lambda: self._run_redis_py(name, keys, args))
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = await self._load(resp, name)
+        try:
+            return await resp.call(b"EVALSHA", sha, len(keys), *keys, *args)
+        except ReplyError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        # The server restarted or flushed its script cache: load it again, then retry.
+        sha = await self._load(resp, name)
+        return await resp.call(b"EVALSHA", sha, len(keys), *keys, *args)
 
-        return await self._call(f"script {name}", call)
+    async def _load(self, resp: RespClient, name: str) -> str:
+        sha = await resp.call(b"SCRIPT", b"LOAD", load_lua(name))
+        if not isinstance(sha, bytes):
+            raise StoreError(f"store {self.name!r}: SCRIPT LOAD answered {sha!r}")
+        self._shas[name] = text = sha.decode()
+        return text
+
+    async def _run_redis_py(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> object:
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = await self.client.script_load(load_lua(name))
+            self._shas[name] = sha
+        try:
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:  # the server restarted or flushed its script cache
+            self._shas[name] = sha = await self.client.script_load(load_lua(name))
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
 
     async def publish(self, channel: str, message: bytes) -> None:
+        resp = self.resp
+        if resp is not None:
+            await resp.call(b"PUBLISH", self.prefix + channel, message)
+            return
         await self._call("PUBLISH", lambda: self.client.publish(self.prefix + channel, message))
 
     async def subscribe(self, channel: str, callback: Callable[[bytes], Awaitable[None]]) -> None:
@@ -162,7 +234,10 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            await self._call("PING", lambda: self.client.ping())
+            if self.resp is not None:
+                await self.resp.call(b"PING")
+            else:
+                await self._call("PING", lambda: self.client.ping())
         except StoreError:
             return False
         return True
@@ -176,6 +251,8 @@ class RedisStore:
             except (asyncio.CancelledError, Exception):
                 log.debug("store %s: subscription task ended", self.name)
         self._tasks.clear()
+        if self.resp is not None:
+            await self.resp.close()
         try:
             await self.client.aclose()
         except (RedisError, OSError):

@@ -20,9 +20,24 @@ from tests.integration.harness import Redis, free_port
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["memory", "redis"])
+#: A single-server URL with a query option: served by redis-py, the path that Sentinel and
+#: Cluster URLs take, instead of the RESP client.
+REDIS_PY_QUERY = "?health_check_interval=0"
+
+
+@pytest.fixture(params=["memory", "redis", "redis-py"])
 def store_url(request: pytest.FixtureRequest, redis_server: Redis) -> Iterator[str]:
-    yield "memory://" if request.param == "memory" else redis_server.url
+    if request.param == "memory":
+        yield "memory://"
+    elif request.param == "redis":
+        yield redis_server.url
+    else:
+        yield redis_server.url + REDIS_PY_QUERY
+
+
+def apart(key: str, url: str) -> str:
+    """Keys apart for the two Redis variants, which share one server."""
+    return key + ("-py" if url.endswith(REDIS_PY_QUERY) else "")
 
 
 def run(url: str, body: Callable[[Any], Awaitable[None]], **spec: Any) -> None:
@@ -47,7 +62,7 @@ def test_capabilities(store_url: str) -> None:
 
 def test_key_value_with_ttl(store_url: str) -> None:
     async def body(store: KeyValue) -> None:
-        key = f"kv-{store_url[:5]}"
+        key = apart(f"kv-{store_url[:5]}", store_url)
         await store.set(key, b"value", 0.3)
         assert await store.get(key) == b"value"
         await asyncio.sleep(0.45)
@@ -59,11 +74,13 @@ def test_key_value_with_ttl(store_url: str) -> None:
 
 
 def test_counters_expire(store_url: str) -> None:
+    key = apart("c", store_url)
+
     async def body(store: Counters) -> None:
-        assert await store.incr("c", 2, 0.3) == 2
-        assert await store.incr("c", 3, 0.3) == 5
+        assert await store.incr(key, 2, 0.3) == 2
+        assert await store.incr(key, 3, 0.3) == 5
         await asyncio.sleep(0.45)
-        assert await store.incr("c", 1, 0.3) == 1
+        assert await store.incr(key, 1, 0.3) == 1
 
     run(store_url, body, prefix="t2:")
 
@@ -145,10 +162,14 @@ def test_redis_that_hangs_times_out() -> None:
     asyncio.run(go())
 
 
-def test_script_survives_script_flush(redis_server: Redis) -> None:
-    async def body(store: Any) -> None:
-        assert await store.run("incr_expire", ["sf"], [1, 10000]) == 1
-        await store.client.script_flush()
-        assert await store.run("incr_expire", ["sf"], [1, 10000]) == 2
+@pytest.mark.parametrize("query", ["", REDIS_PY_QUERY])
+def test_script_survives_script_flush(redis_server: Redis, query: str) -> None:
+    key = apart("sf", query)
 
-    run(redis_server.url, body, prefix="t3:")
+    async def body(store: Any) -> None:
+        assert (store.resp is None) == bool(query)
+        assert await store.run("incr_expire", [key], [1, 10000]) == 1
+        await store.client.script_flush()
+        assert await store.run("incr_expire", [key], [1, 10000]) == 2
+
+    run(redis_server.url + query, body, prefix="t3:")
