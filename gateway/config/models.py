@@ -173,7 +173,9 @@ class StoreSpec(Model):
     url: str = Field(
         description="`memory://`, `redis://[:password@]host:port/db`, `rediss://...` (TLS), "
         "`redis+sentinel://host:port[,host:port]/service_name/db` or "
-        "`redis+cluster://host:port[,host:port]`."
+        "`redis+cluster://host:port[,host:port]`. Single-server `redis://` and `rediss://` "
+        "URLs without query options use the gateway's own pipelined client; the others, "
+        "redis-py."
     )
     timeout: Duration = Field(
         0.05, description="Longest any one store call may take before it counts as failed."
