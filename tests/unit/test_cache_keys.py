@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gateway.exchange import Exchange
 from gateway.policies.cache.config import CacheKey
 from gateway.policies.cache.keys import KeyBuilder, glob_regex, selected_values
@@ -43,6 +45,20 @@ def test_host_only_when_asked() -> None:
     assert keys().of(ex) == ("/p?x=1", "/p?x=1", "shop.example")
     assert keys(host=True).of(ex) == ("shop.example/p?x=1", "/p?x=1", "shop.example")
     assert keys(host=True).primary("/p", "a.example") == "a.example/p"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"host": True}, {"query": "as_is"}, {"query": "ignore"}, {"ignore_query": ["utm_*"]}],
+)
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [(b"/p", b"A.example"), (b"/p?", b""), (b"/p?b=1&a=2&utm_x=3", b"a.example"), (b"/%C3?x", b"")],
+)
+def test_key_of_is_the_primary_key_of(config: dict[str, Any], target: bytes, host: bytes) -> None:
+    k = keys(**config)
+    ex = Exchange("GET", target, [(b"Host", host)] if host else [], "127.0.0.1")
+    assert k.key_of(ex) == k.of(ex)[0]
 
 
 def test_key_headers_and_vary_select_variants() -> None:

@@ -12,8 +12,8 @@ from gateway.config.models import StoreSpec
 from gateway.errors import UpstreamConnectError, UpstreamTimeout
 from gateway.exchange import Exchange, Response
 from gateway.observability.metrics import Metrics
+from gateway.policies.cache.fields import format_http_date
 from gateway.policies.cache.policy import CachePolicy
-from gateway.policies.cache.rules import format_http_date
 from gateway.stores import Stores
 from gateway.stores.memory import MemoryStore
 from tests.unit.cache_support import (
@@ -58,6 +58,61 @@ def test_miss_then_hit_with_age_and_cache_status() -> None:
         assert header(second, "cache-status") == "gateway; hit; ttl=50"
         assert header(second, "content-length") == "10"
         assert [(d.action, d.detail) for d in ex.decisions] == [("hit", "l1")]
+        await policy.stop()
+
+    run(go)
+
+
+def answer(response: Response) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:
+    return response.status, response.reason, response.headers, response.body
+
+
+@pytest.mark.parametrize(
+    ("config", "method", "extra"),
+    [
+        ({}, "GET", ()),
+        ({}, "HEAD", ()),
+        ({}, "GET", (("Range", "bytes=0-1"),)),  # a hit answers a range with the whole body
+        ({"cache_status": None}, "GET", ()),
+        ({"key": {"headers": ["X-Tenant"]}}, "GET", (("X-Tenant", "t1"),)),
+        ({"key": {"host": True}}, "GET", ()),
+    ],
+)
+def test_the_hot_path_answers_as_the_full_lookup_does(
+    config: dict[str, Any], method: str, extra: tuple[tuple[str, str], ...]
+) -> None:
+    """A request that asks nothing of the cache is answered without an Ask; a Pragma
+    without no-cache asks nothing either, but takes the full lookup."""
+
+    async def go() -> None:
+        clock = Clock()
+        policy = await started(config, clock=clock)
+        up = Upstream(ok(MAX_AGE, ("ETag", '"v1"'), ("Vary", "Accept-Language")))
+        await policy(request("GET", "/a?b=2&a=1", ("Accept-Language", "fr"), *extra), up)
+        clock.advance(12.5)
+        fast = request(method, "/a?a=1&b=2", ("Accept-Language", "fr"), *extra)
+        full = request(method, "/a?a=1&b=2", ("Accept-Language", "fr"), ("Pragma", "x"), *extra)
+        fast_answer, full_answer = await policy(fast, up), await policy(full, up)
+        assert answer(fast_answer) == answer(full_answer) and up.calls == 1
+        assert header(fast_answer, "age") == "12"
+        if config.get("cache_status", "gateway") is not None:
+            assert header(fast_answer, "cache-status") == "gateway; hit; ttl=47"
+        assert [(d.action, d.detail) for d in fast.decisions] == [("hit", "l1")]
+        assert [(d.action, d.detail) for d in full.decisions] == [("hit", "l1")]
+        # Another variant, or a stale entry: the full lookup decides.
+        stored = "stored" if method == "GET" else "method"
+        other = request(method, "/a?a=1&b=2", ("Accept-Language", "en"), *extra)
+        await policy(other, up)
+        assert up.calls == 2 and [(d.action, d.detail) for d in other.decisions] == [
+            ("miss", stored)
+        ]
+        clock.advance(60)
+        stale = request(method, "/a?a=1&b=2", ("Accept-Language", "fr"), *extra)
+        await policy(stale, up)
+        assert up.calls == 3 and [(d.action, d.detail) for d in stale.decisions] == [
+            ("miss", stored)
+        ]
+        assert up.header(2, b"if-none-match") == b'"v1"'  # revalidated, answered in full
         await policy.stop()
 
     run(go)

@@ -5,23 +5,26 @@ from __future__ import annotations
 import pytest
 
 from gateway.policies.cache.entry import Entry, Settings
-from gateway.policies.cache.rules import (
+from gateway.policies.cache.fields import (
     DELTA_MAX,
+    etag_matches,
+    format_http_date,
+    not_modified_since,
+    parse_directives,
+    parse_http_date,
+)
+from gateway.policies.cache.invalidation import same_origin_path
+from gateway.policies.cache.request import asks_nothing
+from gateway.policies.cache.rules import (
     NO_RULES,
     RequestRules,
     age_header,
     corrected_initial_age,
     current_age,
-    etag_matches,
-    format_http_date,
     freshness_lifetime,
-    not_modified_since,
     not_storable,
-    parse_directives,
-    parse_http_date,
     request_rules,
     response_facts,
-    same_origin_path,
     stale_windows,
     stripped_fields,
 )
@@ -62,6 +65,21 @@ def test_directives_empty_and_odd_spacing() -> None:
     assert parse_directives([]) == ({}, frozenset())
     cc, _ = parse_directives([b" , public ,, s-maxage = 5 ,"])
     assert cc == {"public": None, "s-maxage": "5"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"public, max-age=3600", b"PUBLIC,Max-Age=60,max-age=5", b"no-cache, private=", b"=5, a=b=c",
+     b" \t, s-maxage=5 ,\t", b"max-age = 60, public", b"a b, c", b"max-age=60 junk, x", b",,",
+     b"no-store\tpublic"],
+)  # fmt: skip
+def test_directives_without_quotes_parse_as_with_them(value: bytes) -> None:
+    """The common shape has its own quicker parse; a quoted member anywhere sends the whole
+    field through the character-by-character one. Both read the same directives."""
+    plain, plain_repeated = parse_directives([value])
+    full, full_repeated = parse_directives([value, b'zz="1"'])
+    assert full.pop("zz") == "1"
+    assert (plain, plain_repeated) == (full, full_repeated)
 
 
 # Dates ----------------------------------------------------------------------------------
@@ -249,6 +267,19 @@ def test_request_directives() -> None:
     assert r.only_if_cached and r.no_store and r.stale_if_error == 9
     assert rules("max-stale=10").max_stale == 10
     assert rules("max-age=abc").max_age == 0  # invalid: ask for a validated response
+
+
+@pytest.mark.parametrize(
+    ("name", "plain"),
+    [("Host", True), ("Range", True), ("Cookie", True), ("Connection", True), ("If-Range", True),
+     ("Cache-Control", False), ("cache-control", False), ("PRAGMA", False),
+     ("If-None-Match", False), ("If-Modified-Since", False), ("If-Match", False),
+     ("If-Unmodified-Since", False)],
+)  # fmt: skip
+def test_requests_that_ask_nothing_of_the_cache(name: str, plain: bool) -> None:
+    headers: Headers = [(b"Host", b"a"), (b"", b""), (name.encode(), b"x")]
+    assert asks_nothing(headers) is plain
+    assert asks_nothing([]) and asks_nothing([(b"Accept", b"*/*")])
 
 
 def test_pragma_no_cache_only_without_cache_control() -> None:

@@ -8,9 +8,10 @@ from gateway.config.models import StoreSpec
 from gateway.errors import StoreError
 from gateway.observability.metrics import Metrics
 from gateway.policies.cache.entry import Entry, Settings, dump, load, parse_tags, stored_headers
+from gateway.policies.cache.fields import format_http_date
 from gateway.policies.cache.invalidation import BanList, Invalidation, Matcher
 from gateway.policies.cache.memory import MemoryTier
-from gateway.policies.cache.rules import format_http_date, response_facts
+from gateway.policies.cache.rules import response_facts
 from gateway.policies.cache.tiers import Tiers
 from gateway.stores.guard import StoreGuard
 from gateway.stores.memory import MemoryStore

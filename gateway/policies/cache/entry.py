@@ -15,12 +15,12 @@ from typing import Any
 
 import orjson
 
+from gateway.policies.cache.fields import format_http_date
 from gateway.policies.cache.rules import (
     ResponseFacts,
     corrected_initial_age,
     current_age,
     forbids_stale,
-    format_http_date,
     freshness_lifetime,
     response_facts,
     stale_windows,

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urljoin, urlsplit
 
 import orjson
 
@@ -120,3 +121,17 @@ class BanList:
             if until > now and matcher(ban)(entry):
                 return True
         return False
+
+
+def same_origin_path(value: bytes, scheme: str, host: bytes, base_path: str) -> str | None:
+    """The path?query a Location / Content-Location names, if on the request's origin
+    (RFC 9111 §4.4: only those are invalidated after an unsafe request)."""
+    text = value.strip().decode("latin-1")
+    if not text:
+        return None
+    origin = f"{scheme}://{host.decode('latin-1').lower()}"
+    absolute = urljoin(origin + base_path, text)
+    parts = urlsplit(absolute)
+    if f"{parts.scheme}://{parts.netloc.lower()}" != origin:
+        return None
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -7,18 +7,34 @@ from __future__ import annotations
 
 from gateway.exchange import Exchange
 from gateway.policies.cache.entry import Entry
+from gateway.policies.cache.fields import etag_matches, not_modified_since
 from gateway.policies.cache.keys import KeyBuilder, selected_values
-from gateway.policies.cache.rules import (
-    NO_RULES,
-    RequestRules,
-    etag_matches,
-    not_modified_since,
-    rules_from,
-)
+from gateway.policies.cache.rules import NO_RULES, RequestRules, rules_from
 from gateway.types import Handler, Headers
 
 #: A client's own validators and ranges, replaced by the cache's when it revalidates.
 CLIENT_CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"if-range", b"range"})
+#: Request fields that change which stored response may answer, or how: directives and
+#: conditions (a Range alone does not: a hit answers it with the whole response).
+_ASKING = frozenset(
+    {b"cache-control", b"pragma", b"if-none-match", b"if-modified-since", b"if-match",
+     b"if-unmodified-since"}
+)  # fmt: skip
+#: The first bytes of those names (an int set: ``key[0] in`` it is the cheapest filter).
+_ASKING_FIRST = frozenset(b"cCpPiI")
+#: The first bytes of every name :class:`Ask` reads.
+_ASK_FIRST = frozenset(b"cCpPiIrR")
+
+
+def asks_nothing(headers: Headers) -> bool:
+    """True when the request carries none of those fields: its rules are ``NO_RULES`` and
+    it is neither conditional nor a precondition, so a fresh hit needs no :class:`Ask`."""
+    for key, _ in headers:
+        if key and key[0] in _ASKING_FIRST and key.lower() in _ASKING:
+            break
+    else:
+        return True
+    return False
 
 
 class Ask:
@@ -45,7 +61,7 @@ class Ask:
         self.ims: bytes | None = None
         self.precondition = self.ranged = self.failed = False
         for key, value in exchange.headers:
-            if key[:1] not in b"cCpPiIrR":
+            if not key or key[0] not in _ASK_FIRST:
                 continue
             name = key.lower()
             if name == b"cache-control":

@@ -1,0 +1,157 @@
+"""A stored response that is not fresh for the request at hand.
+
+Served stale where that is allowed (the request's ``max-stale``; the response's
+``stale-while-revalidate``, with one background refresh per key), otherwise revalidated
+with the upstream (RFC 9111 §4.3): the entry's validators are sent, a 304 freshens it
+(§4.3.4), a full response replaces it, and a failure within ``stale-if-error`` is
+answered with the stale entry (RFC 5861 §4).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.errors import UpstreamError
+from gateway.exchange import Exchange, Response
+from gateway.policies.cache.coalesce import BackgroundTasks, Flight
+from gateway.policies.cache.entry import Entry
+from gateway.policies.cache.fields import etag_matches
+from gateway.policies.cache.fill import Filler
+from gateway.policies.cache.request import Ask, stale_on_error, validating_headers
+from gateway.policies.cache.rules import NO_RULES, is_failure
+from gateway.policies.cache.status import FWD_STALE
+from gateway.types import Handler
+
+log = logging.getLogger("gateway.cache")
+
+
+class Revalidator:
+    def __init__(self, filler: Filler, background: BackgroundTasks) -> None:
+        self.filler = filler
+        self.background = background
+        self.policy = filler.policy
+        self.answers = filler.answers
+        self.tiers = filler.tiers
+        self.coalescer = filler.coalescer
+        self.settings = filler.settings
+        self.stats = filler.stats
+        self.wall = filler.wall
+
+    async def stale(self, ask: Ask, entry: Entry, now: float, ttl: float) -> Response:
+        """Answer with ``entry`` (remaining freshness ``ttl``), which is not fresh for ``ask``."""
+        rules = ask.rules
+        answers = self.answers
+        client_forced = rules.no_cache or (ttl > 0 and not entry.no_cache)
+        if not entry.no_cache and not client_forced:
+            staleness = -ttl
+            if rules.max_stale is not None and entry.max_stale_ok and staleness <= rules.max_stale:
+                ask.exchange.decide(self.policy, "hit", "max-stale")
+                cs = answers.status(hit=True, ttl=ttl, detail="max-stale")
+                return answers.serve(ask, entry, now, cs)
+            swr = entry.swr
+            if swr > 0 and staleness <= swr and rules.max_age is None and rules.min_fresh is None:
+                self._refresh_later(ask, entry)
+                ask.exchange.decide(self.policy, "stale", "while-revalidate")
+                cs = answers.status(hit=True, ttl=ttl, detail="stale-while-revalidate")
+                return answers.serve(ask, entry, now, cs)
+        if rules.only_if_cached:
+            return answers.only_if_cached(ask)
+        coalesce = self.filler.coalesce and not rules.no_cache
+        return await self.filler.upstream(
+            ask, FWD_STALE, coalesce, lambda: self._revalidate(ask, entry)
+        )
+
+    async def _revalidate(self, ask: Ask, entry: Entry) -> Response:
+        """Ask the upstream whether ``entry`` is still good (RFC 9111 §4.3.1)."""
+        exchange = ask.exchange
+        answers = self.answers
+        request_time = self.wall()
+        try:
+            response = await self.filler.send(ask, validating_headers(exchange.headers, entry))
+        except UpstreamError as exc:
+            now = self.wall()
+            if stale_on_error(entry, ask.rules, now):
+                exchange.decide(self.policy, "stale", f"if-error:{exc.kind}")
+                ask.failed = True
+                cs = answers.status(fwd=FWD_STALE, ttl=entry.ttl(now), detail="stale-if-error")
+                return answers.serve(ask, entry, now, cs)
+            raise
+        response_time = self.wall()
+        status = response.status
+        if status == 304:
+            await response.aclose()
+            tag = response.header(b"etag")
+            if tag is None or entry.etag is None or etag_matches(tag, entry.etag):
+                fresh = entry.freshened(response.headers, request_time, response_time,
+                                        self.settings)  # fmt: skip
+                in_l1, in_l2 = await self.tiers.put(ask.primary, fresh, response_time)
+                exchange.decide(self.policy, "revalidated")
+                cs = answers.status(fwd=FWD_STALE, fwd_status=304, ttl=fresh.ttl(response_time),
+                                    stored=in_l1 or in_l2)  # fmt: skip
+                return answers.serve(ask, fresh, response_time, cs)
+            # A 304 for another representation: ours cannot be used; ask plainly.
+            return await self.filler.fetch(ask, FWD_STALE)
+        if is_failure(status):
+            ask.failed = True
+        if ask.failed and stale_on_error(entry, ask.rules, response_time):
+            await response.aclose()
+            exchange.decide(self.policy, "stale", f"if-error:{status}")
+            cs = answers.status(fwd=FWD_STALE, fwd_status=status, ttl=entry.ttl(response_time),
+                                detail="stale-if-error")  # fmt: skip
+            return answers.serve(ask, entry, response_time, cs)
+        return await self.filler.complete(
+            ask, response, request_time, response_time, FWD_STALE, entry
+        )
+
+    def _refresh_later(self, ask: Ask, entry: Entry) -> None:
+        """stale-while-revalidate: one background refresh per key at a time."""
+        if self.coalescer.flight(ask.primary) is not None:
+            return
+        lead = self.coalescer.lead(ask.primary)
+        assert lead is not None
+        source = ask.exchange
+        clone = Exchange(
+            "GET",
+            source.raw_target,
+            validating_headers(source.headers, entry),
+            source.peer_ip,
+            scheme=source.scheme,
+            http_version=source.http_version,
+        )
+        clone.client_ip = source.client_ip
+        clone.route = source.route
+        clone.path_params = source.path_params
+        clone.trace_id = source.trace_id
+        work = self._refresh(clone, ask.call_next, ask.primary, ask.url, ask.host, entry, lead)
+        if not self.background.spawn(work):
+            self.stats.background("refresh", "skipped")
+            self.coalescer.land(ask.primary, lead)
+
+    async def _refresh(
+        self, clone: Exchange, call_next: Handler, primary: str, url: str, host: str,
+        entry: Entry, lead: Flight,
+    ) -> None:  # fmt: skip
+        result = "error"
+        try:
+            request_time = self.wall()
+            response = await call_next(clone)
+            response_time = self.wall()
+            if response.status == 304:
+                await response.aclose()
+                fresh = entry.freshened(response.headers, request_time, response_time,
+                                        self.settings)  # fmt: skip
+                await self.tiers.put(primary, fresh, response_time)
+                result = "ok"
+            elif is_failure(response.status):
+                await response.aclose()
+            else:
+                reason, _ = await self.filler.consider(
+                    clone, primary, url, host, NO_RULES, response, request_time, response_time
+                )
+                await response.aclose()
+                result = "ok" if reason is None else "not-stored"
+        except UpstreamError as exc:
+            log.info("cache: background refresh of %s failed: %s", url, exc)
+        finally:
+            self.coalescer.land(primary, lead)
+            self.stats.background("refresh", result)
