@@ -30,6 +30,18 @@ class MemoryStore:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    @property
+    def entries(self) -> OrderedDict[str, tuple[object, float]]:
+        """The raw map, for scripts compiled against this store (one call per decision).
+
+        ``key -> (value, deadline)``, least recently used first; a deadline of 0 never
+        expires, one at or before ``clock()`` is absent. A script that reads or writes it
+        keeps the rules of :meth:`load` and :meth:`save`: an expired key is deleted, a
+        key read or written becomes the most recent, and after adding a key the least
+        recent go until at most ``max_entries`` remain.
+        """
+        return self._data
+
     # Raw access for scripts: values are any Python object.
     def load(self, key: str) -> object | None:
         item = self._data.get(key)

@@ -171,6 +171,37 @@ def test_state_expires_with_the_store_ttl(algorithm: str) -> None:
     assert mem.load("k") is None
 
 
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window", "fixed_window"])
+def test_the_compiled_check_decides_as_the_script(algorithm: str) -> None:
+    """What the policy calls (``in_memory``) and what ``MemoryStore.run`` calls agree,
+    verdict by verdict and entry by entry (values, deadlines, LRU order)."""
+    clock = Clock()
+    by_check, by_script = store(clock, max_entries=3), store(clock, max_entries=3)
+    alg = compile_algorithm(algorithm, parse_rate("3/s"), None)
+    compiled = alg.in_memory(by_check)
+    for step in range(400):
+        key = "abcd"[step * 7 % 5 % 4]
+        assert compiled(key) == check(by_script, alg, key)
+        assert list(by_check.entries.items()) == list(by_script.entries.items())
+        clock.advance((0.0, 0.01, 0.2, 0.7, 2.5)[step % 5])
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window", "fixed_window"])
+def test_the_compiled_check_keeps_the_store_rules(algorithm: str) -> None:
+    clock = Clock()
+    mem = store(clock, max_entries=2)
+    compiled = compile_algorithm(algorithm, parse_rate("5/s"), None).in_memory(mem)
+    compiled("a")
+    compiled("b")
+    compiled("a")  # read: the most recent again
+    compiled("c")  # a new key: the least recent goes
+    assert list(mem.entries) == ["a", "c"]
+    clock.advance(3)  # longer than any algorithm keeps a key
+    assert mem.load("a") is None and len(mem) == 1
+    assert compiled("c")[0] == 1  # expired: a fresh bucket
+    assert list(mem.entries) == ["c"]
+
+
 def test_local_share_divides_the_limit_by_the_replicas() -> None:
     tb = compile_algorithm("token_bucket", parse_rate("100/s"), 30)
     assert tb.shared(4).args == (40_000.0, 7.5)

@@ -75,6 +75,23 @@ def test_long_values_are_bounded() -> None:
     assert isinstance(value, str) and len(value) < 40
 
 
+@pytest.mark.parametrize(
+    "spec", ["ip", "route", "header:X-Tenant", "{ip}:{header:X-Tenant}", "{route}/{ip}"]
+)
+def test_a_key_that_reads_no_token_is_one_plain_function(spec: str) -> None:
+    resolve = KeyResolver(spec, "users", None)
+    assert resolve.plain is not None
+    for request in (exchange(), exchange({"X-Tenant": "acme"}), exchange(ip="")):
+        assert resolve.plain(request) == resolve(request)
+    assert KeyResolver("ip", "users", None).plain(exchange(ip="")) == ANONYMOUS
+
+
+def test_a_key_that_reads_a_token_has_no_plain_function(tmp_path: Path) -> None:
+    check = verifier(tmp_path, secret=SECRET)
+    assert KeyResolver("jwt:sub", "r", check).plain is None
+    assert KeyResolver("{ip}:{jwt:sub}", "r", check).plain is None
+
+
 def verifier(tmp_path: Path, **options: object) -> JwtVerifier:
     return JwtVerifier(JwtConfig.model_validate(options), tmp_path)
 

@@ -22,6 +22,7 @@ from gateway.exchange import Exchange, Response
 from gateway.observability.metrics import Metrics
 from gateway.policies import REGISTRY
 from gateway.policies.base import BuildContext, Policy
+from gateway.policies.rate_limit import policy as rate_limit_policy
 from gateway.policies.rate_limit.config import RateLimitConfig
 from gateway.policies.rate_limit.policy import RateLimitPolicy
 from gateway.stores import ScriptArg, Stores
@@ -143,6 +144,25 @@ def test_header_fields_follow_the_current_draft_syntax() -> None:
     (retry_after,) = fields(rejected, b"retry-after")
     assert retry_after.isdigit() and int(retry_after) >= 1
     assert m["t"] == retry_after  # the same point in time, as the draft asks
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window", "fixed_window"])
+def test_the_ratelimit_field_follows_every_state(
+    monkeypatch: pytest.MonkeyPatch, algorithm: str
+) -> None:
+    monkeypatch.setattr(rate_limit_policy, "LIMIT_FIELDS_KEPT", 3)  # a token bucket's memo
+    h = Harness()
+    chain = h.chain([{"name": "n", "rate": "10/h", "algorithm": algorithm}])
+    seen = []
+    for response, _ in h.send(chain, 10):
+        m = LIMIT_ITEM.match(fields(response, b"ratelimit")[0])
+        assert m is not None
+        seen.append((m["r"], m["t"]))
+    assert [r for r, _ in seen] == [str(n) for n in range(9, -1, -1)]
+    if algorithm == "token_bucket":  # full again one emission interval (360 s) per request
+        assert [t for _, t in seen] == [str(360 * n) for n in range(1, 11)]
+    else:  # the end of the window that began with the first request
+        assert {t for _, t in seen[:-1]} == {"3600"}
 
 
 def test_several_limiters_each_add_their_item() -> None:

@@ -42,6 +42,10 @@ class AimdLimit:
     def release(self) -> None:
         self.in_flight -= 1
 
+    def done(self, exchange: object, status: int) -> None:
+        """:meth:`release` as an ``exchange.on_complete`` callback."""
+        self.in_flight -= 1
+
     def sample(self, latency: float, overloaded: bool, in_flight: int) -> None:
         if overloaded or latency > self.target:
             self.limit = max(self.min, self.limit * self.backoff)

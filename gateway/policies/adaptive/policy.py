@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from gateway.edge import problem_response
 from gateway.errors import UpstreamError
-from gateway.exchange import Exchange, Response
+from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.adaptive.aimd import OVERLOAD_STATUSES, AimdLimit
 from gateway.policies.adaptive.config import AdaptiveConfig
 from gateway.policies.base import BuildContext, Policy
@@ -30,11 +30,7 @@ class AdaptivePolicy(Policy[AdaptiveConfig]):
             config.min, config.max, config.start, config.target_latency, config.backoff
         )
         self._clock = ctx.clock
-
-        def release(exchange: Exchange, status: int) -> None:
-            state.release()
-
-        self._release = release
+        self._release = state.done
         ctx.metrics.gauge(
             "gateway_adaptive_limit", "Current adaptive concurrency limit, by route.", ["route"]
         ).labels(ctx.route).set_function(lambda: state.current)
@@ -62,7 +58,7 @@ class AdaptivePolicy(Policy[AdaptiveConfig]):
                 exchange, 503, "temporary-reduced-capacity", "Service Unavailable",
                 self._detail, list(self._shed_headers),
             )  # fmt: skip
-        exchange.decide(self.name, ALLOW)
+        exchange.decisions.append(Decision(self.name, ALLOW))
         clock = self._clock
         started = clock()
         try:

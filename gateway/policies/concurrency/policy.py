@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from gateway.edge import problem_response
-from gateway.exchange import Exchange, Response
+from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.base import BuildContext, Policy
 from gateway.policies.concurrency.config import ConcurrencyConfig
 from gateway.policies.concurrency.slots import Slots
@@ -29,11 +29,7 @@ class ConcurrencyPolicy(Policy[ConcurrencyConfig]):
         slots = self.slots = Slots(config.max_in_flight, config.queue)
         self._timeout = config.queue_timeout
         self._queue = config.queue > 0
-
-        def release(exchange: Exchange, status: int) -> None:
-            slots.release()
-
-        self._release = release
+        self._release = slots.done
         in_flight = ctx.metrics.gauge(
             "gateway_concurrency_in_flight",
             "Requests holding a slot of the concurrency policy, by route.",
@@ -65,7 +61,7 @@ class ConcurrencyPolicy(Policy[ConcurrencyConfig]):
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
         slots = self.slots
         if slots.try_acquire():
-            exchange.decide(self.name, ALLOW)
+            exchange.decisions.append(Decision(self.name, ALLOW))
         elif self._queue and await slots.acquire(self._timeout):
             exchange.decide(self.name, QUEUED)
         else:

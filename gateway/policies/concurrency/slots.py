@@ -54,6 +54,13 @@ class Slots:
         with contextlib.suppress(ValueError):
             self.waiters.remove(waiter)
 
+    def done(self, exchange: object, status: int) -> None:
+        """:meth:`release` as an ``exchange.on_complete`` callback (one call, no waiters)."""
+        if self.waiters:
+            self.release()
+        else:
+            self.in_flight -= 1
+
     def release(self) -> None:
         """Free a slot, or hand it to the oldest live waiter."""
         waiters = self.waiters

@@ -4,8 +4,11 @@ Each algorithm is one atomic step, ``store.run(script, [key], args)``:
 
 * on Redis, the Lua file ``gateway/stores/lua/<script>.lua``: one round trip, the time
   taken from Redis ``TIME`` so that every gateway process shares one clock;
-* in memory, the Python twin below, registered in ``MEMORY_SCRIPTS``, the time taken
-  from the memory store's clock (injectable in tests).
+* in memory, the Python twin below, the time taken from the memory store's clock
+  (injectable in tests). A twin is compiled once per limiter (``Algorithm.in_memory``:
+  the arguments parsed, the store's LRU map bound) into a plain function of the key,
+  which the policy calls directly: no coroutine, one clock read. ``MEMORY_SCRIPTS``
+  holds the same twins by script name for ``MemoryStore.run``.
 
 Both take the same keys and arguments (times in microseconds) and answer
 ``[allowed 0|1, remaining, reset_ms, retry_ms]``. Each twin stores one value per key
@@ -24,8 +27,9 @@ through the memory store, so its footprint is bounded by the store's LRU
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from math import ceil, floor
 
 from gateway.config.units import Rate
 from gateway.stores import ScriptArg
@@ -33,6 +37,8 @@ from gateway.stores.memory import MEMORY_SCRIPTS, MemoryStore
 
 #: ``[allowed, remaining, reset_ms, retry_ms]`` as the scripts return it.
 Verdict = Sequence[int]
+#: One decision for one key, the algorithm compiled for a memory store and its arguments.
+Check = Callable[[str], Verdict]
 
 ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window")
 _SCRIPTS = {
@@ -43,40 +49,77 @@ _SCRIPTS = {
 _SHORT = {"token_bucket": "tb", "sliding_window": "sw", "fixed_window": "fw"}
 
 
-def _ms(microseconds: float) -> int:
-    return math.ceil(microseconds / 1000)
+def _evict(store: MemoryStore) -> None:
+    """Drop least recently used keys until the store is within ``max_entries``."""
+    data, limit = store.entries, store.max_entries
+    while len(data) > limit:
+        data.popitem(last=False)
 
 
-def token_bucket(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
-    """Twin of ``rl_token_bucket.lua``."""
-    now = store.clock() * 1e6
+def token_bucket_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
+    """Twin of ``rl_token_bucket.lua``, compiled for ``store`` and ``args``."""
+    data, clock, move = store.entries, store.clock, store.entries.move_to_end
     interval, burst = float(args[0]), float(args[1])
-    key = keys[0]
-    stored = store.load(key)
-    tat = stored if isinstance(stored, float) and stored > now else now
-    new_tat = tat + interval
-    allow_at = new_tat - interval * burst
-    if now < allow_at:
-        return [0, 0, _ms(tat - now), _ms(allow_at - now)]
-    store.save(key, new_tat, (new_tat - now) / 1e6 + 0.001)
-    return [1, math.floor((now - allow_at) / interval + 1e-6), _ms(new_tat - now), 0]
+    size = interval * burst
+
+    def check(key: str) -> Verdict:
+        t = clock()
+        now = t * 1e6
+        tat = now
+        item = data.get(key)
+        if item is not None:  # MemoryStore.load: expired is absent, found is most recent
+            if item[1] and item[1] <= t:
+                del data[key]
+                item = None
+            else:
+                move(key)
+                stored = item[0]
+                if isinstance(stored, float) and stored > now:
+                    tat = stored
+        new_tat = tat + interval
+        allow_at = new_tat - size
+        if now < allow_at:
+            return [0, 0, ceil((tat - now) / 1000), ceil((allow_at - now) / 1000)]
+        # MemoryStore.save; a found key is already the most recent.
+        data[key] = (new_tat, t + ((new_tat - now) / 1e6 + 0.001))
+        if item is None and len(data) > store.max_entries:
+            _evict(store)
+        return [1, floor((now - allow_at) / interval + 1e-6), ceil((new_tat - now) / 1000), 0]
+
+    return check
 
 
-def fixed_window(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+def fixed_window_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
     """Twin of ``rl_fixed_window.lua``; the value is ``[count, window end]``."""
-    now = store.clock() * 1e6
+    data, clock, move = store.entries, store.clock, store.entries.move_to_end
     limit, window = int(args[0]), float(args[1])
-    key = keys[0]
-    entry = store.load(key)
-    if not isinstance(entry, list):
-        entry = [0, now + window]  # [count, window end]
-        store.save(key, entry, window / 1e6)
-    count = int(entry[0]) + 1
-    entry[0] = count
-    ttl = _ms(entry[1] - now)
-    if count > limit:
-        return [0, 0, ttl, ttl]
-    return [1, limit - count, ttl, 0]
+    ttl = window / 1e6
+
+    def check(key: str) -> Verdict:
+        t = clock()
+        now = t * 1e6
+        entry = None
+        item = data.get(key)
+        if item is not None:
+            if item[1] and item[1] <= t:
+                del data[key]
+                item = None
+            else:
+                move(key)
+                entry = item[0]
+        if not isinstance(entry, list):
+            entry = [0, now + window]  # [count, window end]
+            data[key] = (entry, t + ttl if ttl > 0 else 0.0)
+            if item is None and len(data) > store.max_entries:
+                _evict(store)
+        count = int(entry[0]) + 1
+        entry[0] = count
+        reset = ceil((entry[1] - now) / 1000)
+        if count > limit:
+            return [0, 0, reset, reset]
+        return [1, limit - count, reset, 0]
+
+    return check
 
 
 def _sliding_wait(limit: float, window: float, elapsed: float, curr: float, prev: float) -> float:
@@ -89,34 +132,71 @@ def _sliding_wait(limit: float, window: float, elapsed: float, curr: float, prev
     return window - elapsed + window * (1 - (limit - 1) / curr)
 
 
-def sliding_window(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+def sliding_window_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
     """Twin of ``rl_sliding_window.lua``; the value is ``(start, curr, prev)``."""
-    now = store.clock() * 1e6
+    data, clock, move = store.entries, store.clock, store.entries.move_to_end
     limit, window = float(args[0]), float(args[1])
-    key = keys[0]
-    entry = store.load(key)
-    if isinstance(entry, tuple):
-        start, curr, prev = entry
-        if now >= start + window:
-            if now < start + 2 * window:
-                start, prev, curr = start + window, curr, 0
+
+    def check(key: str) -> Verdict:
+        t = clock()
+        now = t * 1e6
+        entry = None
+        item = data.get(key)
+        if item is not None:
+            if item[1] and item[1] <= t:
+                del data[key]
+                item = None
             else:
-                start, curr, prev = now, 0, 0
-    else:
-        start, curr, prev = now, 0, 0
-    elapsed = now - start
-    estimate = prev * (window - elapsed) / window + curr
-    if estimate + 1 > limit:
-        retry = _ms(_sliding_wait(limit, window, elapsed, curr, prev))
-        return [0, 0, retry, retry]
-    curr += 1
-    store.save(key, (start, curr, prev), (start + 2 * window - now) / 1e6)
-    remaining = math.floor(limit - estimate - 1 + 1e-9)
-    if remaining > 0:
-        reset = _ms(window - elapsed)
-    else:
-        reset = _ms(_sliding_wait(limit, window, elapsed, curr, prev))
-    return [1, remaining, reset, 0]
+                move(key)
+                entry = item[0]
+        if isinstance(entry, tuple):
+            start, curr, prev = entry
+            if now >= start + window:
+                if now < start + 2 * window:
+                    start, prev, curr = start + window, curr, 0
+                else:
+                    start, curr, prev = now, 0, 0
+        else:
+            start, curr, prev = now, 0, 0
+        elapsed = now - start
+        estimate = prev * (window - elapsed) / window + curr
+        if estimate + 1 > limit:
+            retry = ceil(_sliding_wait(limit, window, elapsed, curr, prev) / 1000)
+            return [0, 0, retry, retry]
+        curr += 1
+        ttl = (start + 2 * window - now) / 1e6
+        data[key] = ((start, curr, prev), t + ttl if ttl > 0 else 0.0)
+        if item is None and len(data) > store.max_entries:
+            _evict(store)
+        remaining = floor(limit - estimate - 1 + 1e-9)
+        if remaining > 0:
+            reset = ceil((window - elapsed) / 1000)
+        else:
+            reset = ceil(_sliding_wait(limit, window, elapsed, curr, prev) / 1000)
+        return [1, remaining, reset, 0]
+
+    return check
+
+
+#: Each algorithm compiled for one store and one set of arguments (what a policy keeps).
+MEMORY_CHECKS: dict[str, Callable[[MemoryStore, Sequence[ScriptArg]], Check]] = {
+    "rl_token_bucket": token_bucket_check,
+    "rl_fixed_window": fixed_window_check,
+    "rl_sliding_window": sliding_window_check,
+}
+
+
+def token_bucket(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+    """The twin as ``MemoryStore.run`` calls it: compiled, then run for one key."""
+    return token_bucket_check(store, args)(keys[0])
+
+
+def fixed_window(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+    return fixed_window_check(store, args)(keys[0])
+
+
+def sliding_window(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
+    return sliding_window_check(store, args)(keys[0])
 
 
 MEMORY_SCRIPTS.update(
@@ -155,6 +235,10 @@ class Algorithm:
             return replace(self, args=(interval * replicas, max(1.0, burst / replicas)))
         limit, window = self.args
         return replace(self, args=(float(max(1, math.floor(limit / replicas))), window))
+
+    def in_memory(self, store: MemoryStore) -> Check:
+        """This algorithm's twin compiled for ``store``: one call per decision."""
+        return MEMORY_CHECKS[self.script](store, self.args)
 
 
 def advertised(rate: Rate) -> tuple[int, int]:

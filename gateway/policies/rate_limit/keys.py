@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, find_header
 
 if TYPE_CHECKING:
     from gateway.policies.rate_limit.jwt import JwtVerifier
@@ -82,7 +82,11 @@ def parse_key(spec: str) -> list[str | Source]:
 
 
 def uses_jwt(spec: str) -> bool:
-    return any(isinstance(p, tuple) and p[0] == "jwt" for p in parse_key(spec))
+    return _reads_token(parse_key(spec))
+
+
+def _reads_token(parts: list[str | Source]) -> bool:
+    return any(isinstance(p, tuple) and p[0] == "jwt" for p in parts)
 
 
 def _digest(value: bytes) -> str:
@@ -93,67 +97,105 @@ def _bounded(value: str) -> str:
     return value if len(value) <= MAX_PLAIN else _digest(value.encode())
 
 
-Part = Callable[[Exchange], "str | InvalidToken | None"]
+#: One source (or the whole key) of a request: its text, ``anonymous`` when it has none.
+Plain = Callable[[Exchange], str]
+#: The same for a key that reads a token, which may be invalid.
+Part = Callable[[Exchange], "str | InvalidToken"]
 
 
 class KeyResolver:
-    """Resolves a parsed key for one request: the bucket's name, or InvalidToken."""
+    """Resolves a parsed key for one request: the bucket's name, or InvalidToken.
+
+    Compiled once per key kind: ``plain`` is the one function to call for a key that
+    reads no token (it can never be invalid), and None for a ``jwt:`` key.
+    """
 
     def __init__(self, spec: str, route: str, verifier: JwtVerifier | None) -> None:
         self.spec = spec
         self._verifier = verifier
-        self._parts: list[str | Part] = [
-            p if isinstance(p, str) else self._source(p, route) for p in parse_key(spec)
-        ]
-        only = self._parts[0]
-        self._single: Part | None = only if len(self._parts) == 1 and callable(only) else None
+        parsed = parse_key(spec)
+        self.plain: Plain | None = None
+        self._resolve: Part
+        if not _reads_token(parsed):
+            plain = [p if isinstance(p, str) else _plain_source(p, route) for p in parsed]
+            self.plain = self._resolve = _joined(plain)
+        else:
+            parts = [p if isinstance(p, str) else self._source(p, route) for p in parsed]
+            self._resolve = _checked(parts)
 
     def _source(self, source: Source, route: str) -> Part:
-        kind, arg = source
-        if kind == "ip":
-            return _client_ip
-        if kind == "route":
-            return lambda exchange: route
-        if kind == "header":
-            name = arg.encode("latin-1")
-
-            def header(exchange: Exchange) -> str | None:
-                value = exchange.header(name)
-                return _digest(value) if value else None
-
-            return header
+        if source[0] != "jwt":
+            return _plain_source(source, route)
         verifier = self._verifier
         assert verifier is not None, "a jwt: key needs a verifier"
-        path = tuple(arg.split("."))
+        path = tuple(source[1].split("."))
 
-        def claim(exchange: Exchange) -> str | InvalidToken | None:
+        def claim(exchange: Exchange) -> str | InvalidToken:
             claims = verifier.claims(exchange)
-            if claims is None or isinstance(claims, InvalidToken):
+            if claims is None:
+                return ANONYMOUS
+            if isinstance(claims, InvalidToken):
                 return claims
             value = claim_value(claims, path)
-            return _bounded(value) if value is not None else None
+            return _bounded(value) if value is not None else ANONYMOUS
 
         return claim
 
     def __call__(self, exchange: Exchange) -> str | InvalidToken:
-        single = self._single
-        if single is not None:
-            value = single(exchange)
-            return ANONYMOUS if value is None else value
+        return self._resolve(exchange)
+
+
+def _client_ip(exchange: Exchange) -> str:
+    return exchange.client_ip or ANONYMOUS
+
+
+def _plain_source(source: Source, route: str) -> Plain:
+    kind, arg = source
+    if kind == "ip":
+        return _client_ip
+    if kind == "route":
+        return lambda exchange: route
+    assert kind == "header", kind
+    name = arg.encode("latin-1")
+
+    def header(exchange: Exchange) -> str:
+        value = find_header(exchange.headers, name)
+        return _digest(value) if value else ANONYMOUS
+
+    return header
+
+
+def _joined(parts: list[str | Plain]) -> Plain:
+    """One source alone (taken as it is), or a template (its text bounded)."""
+    only = parts[0]
+    if len(parts) == 1 and not isinstance(only, str):
+        return only
+
+    def template(exchange: Exchange) -> str:
+        return _bounded("".join([p if isinstance(p, str) else p(exchange) for p in parts]))
+
+    return template
+
+
+def _checked(parts: list[str | Part]) -> Part:
+    """As :func:`_joined`, stopping at the first invalid token."""
+    only = parts[0]
+    if len(parts) == 1 and not isinstance(only, str):
+        return only
+
+    def template(exchange: Exchange) -> str | InvalidToken:
         out: list[str] = []
-        for part in self._parts:
+        for part in parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
             value = part(exchange)
             if isinstance(value, InvalidToken):
                 return value
-            out.append(ANONYMOUS if value is None else value)
+            out.append(value)
         return _bounded("".join(out))
 
-
-def _client_ip(exchange: Exchange) -> str | None:
-    return exchange.client_ip or None
+    return template
 
 
 def claim_value(claims: dict[str, Any], path: tuple[str, ...]) -> str | None:

@@ -5,6 +5,11 @@ script in the store (one call, one Redis round trip), then answer 429 problem+js
 with Retry-After and the IETF RateLimit fields, or pass on and add ``RateLimit`` to
 the response on the way out.
 
+In memory a request costs about a microsecond, so everything is prepared at build: the
+key is one function per key kind, the algorithm is compiled for the store (a plain call,
+no coroutine), and the header fields are preformatted (``RateLimit-Policy`` is
+constant; a token bucket's ``RateLimit`` is formatted once per state).
+
 Header fields follow draft-ietf-httpapi-ratelimit-headers (-10/-11): both are
 structured-field Lists of String items with parameters, one item per limiter::
 
@@ -23,20 +28,22 @@ from typing import Any, ClassVar, cast
 
 from gateway.config.models import StoreSpec
 from gateway.edge import problem_response
-from gateway.exchange import Exchange, Response
+from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.base import BuildContext, Policy
-from gateway.policies.rate_limit.algorithms import Verdict, compile_algorithm
+from gateway.policies.rate_limit.algorithms import Check, Verdict, compile_algorithm
 from gateway.policies.rate_limit.config import RateLimitConfig, RateLimitRule
 from gateway.policies.rate_limit.jwt import JwtVerifier
 from gateway.policies.rate_limit.keys import InvalidToken, KeyResolver
 from gateway.stores import Scripts, Store
 from gateway.stores.guard import StoreGuard
-from gateway.stores.memory import MEMORY_SCRIPTS, MemoryStore
-from gateway.types import Handler, Headers
+from gateway.stores.memory import MemoryStore
+from gateway.types import Handler, Header, Headers
 
 RATELIMIT_POLICY = b"ratelimit-policy"
 RATELIMIT = b"ratelimit"
 RETRY_AFTER = b"retry-after"
+#: Formatted ``RateLimit`` fields kept per limiter, by (remaining, seconds to reset).
+LIMIT_FIELDS_KEPT = 1024
 
 # Decision actions (gateway_policy_decisions_total{action=...}).
 ALLOW, REJECT = "allow", "reject"
@@ -52,6 +59,27 @@ class _StoreHealth:
 
     def __init__(self) -> None:
         self.down_until = -math.inf
+
+
+class _LimitFields(dict[tuple[int, int], Header]):
+    """``RateLimit`` fields by (remaining, seconds to reset), formatted on first use.
+
+    A bounded memo of a pure function (at most ``LIMIT_FIELDS_KEPT``, started over when
+    full): the only thing a request may add to the policy.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: bytes) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, state: tuple[int, int]) -> Header:
+        field = (RATELIMIT, b"%s%d;t=%d" % (self.prefix, *state))
+        if len(self) >= LIMIT_FIELDS_KEPT:
+            self.clear()
+        self[state] = field
+        return field
 
 
 def _seconds(milliseconds: int) -> int:
@@ -85,14 +113,20 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         self.algorithm = algorithm
         self._run = cast(Scripts, store).run
         self._key_of = store.key
-        # In memory the script is a plain function: call it without a coroutine hop
-        # (exactly what MemoryStore.run does), a third of the decision's cost.
-        self._memory = store if isinstance(store, MemoryStore) else None
-        self._twin = MEMORY_SCRIPTS[algorithm.script]
         self._script, self._args = algorithm.script, algorithm.args
         self._prefix = f"rl:{ctx.route}:{config.name}:{algorithm.short}:"
         verifier = JwtVerifier(config.jwt, ctx.base_dir) if config.jwt is not None else None
         self._resolve = KeyResolver(config.key, ctx.route, verifier)
+        # Keys that read no token have one function that returns the bucket's name.
+        self._bucket = self._resolve.plain
+        # In memory the algorithm is compiled into a plain function of the store key,
+        # called without a coroutine; its keys are ``store.key(prefix + bucket)``, which
+        # for MemoryStore is ``store.key(prefix) + bucket``.
+        self._check: Check | None = None
+        self._memory_prefix = ""
+        if isinstance(store, MemoryStore):
+            self._check = algorithm.in_memory(store)
+            self._memory_prefix = store.key(self._prefix)
 
         # Store failures (a Redis store): the guard counts and logs; on_store_error decides.
         self._remote = store.kind != "memory"
@@ -109,8 +143,9 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         self.replicas = config.replicas or ctx.replicas
         self.workers = ctx.workers
         self.processes = self.replicas * self.workers
-        self._local = self._local_store(ctx)
-        self._local_args = algorithm.shared(self.processes).args
+        self._local = local = self._local_store(ctx)
+        self._local_check = algorithm.shared(self.processes).in_memory(local)
+        self._local_prefix = local.key("rl-local:" + self._prefix)
         self._deny_retry = max(1, math.ceil(config.store_backoff))
 
         # Everything the headers need, computed once.
@@ -118,6 +153,12 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         policy_value = b"%s;q=%d;w=%d" % (item, algorithm.quota, algorithm.window)
         self._policy_field = (RATELIMIT_POLICY, policy_value)
         self._remaining_prefix = item + b";r="
+        # A token bucket under its limit answers in the same state request after request
+        # (a full bucket), so its RateLimit field is formatted once per state; a window
+        # counts down, so its field is formatted each time.
+        self._limit_fields = (
+            _LimitFields(self._remaining_prefix) if config.algorithm == "token_bucket" else None
+        )
         enforcing = config.mode == "enforce"
         self._headers_on_admit = enforcing and config.headers == "all"
         self._headers_on_reject = config.headers != "none"
@@ -165,23 +206,22 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         return f"{what}; {key}; {where}"
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
-        bucket = self._resolve(exchange)
-        if isinstance(bucket, InvalidToken):
-            exchange.decide(self._label, INVALID_TOKEN)
-            return problem_response(
-                exchange, 401, "invalid-token", "Unauthorized",
-                f"the bearer token is not acceptable: {bucket.reason}",
-                [(b"www-authenticate", b'Bearer error="invalid_token"')],
-            )  # fmt: skip
-        memory = self._memory
+        plain = self._bucket
+        if plain is not None:
+            bucket = plain(exchange)
+        else:
+            resolved = self._resolve(exchange)
+            if isinstance(resolved, InvalidToken):
+                return self._invalid_token(exchange, resolved)
+            bucket = resolved
+        check = self._check
         verdict: Verdict | None
-        if memory is not None:
-            key = self._key_of(self._prefix + bucket)
-            result = cast(Verdict, self._twin(memory, (key,), self._args))
-            verdict, action = result, ALLOW if result[0] else REJECT
+        if check is not None:
+            verdict = check(self._memory_prefix + bucket)
+            action = ALLOW if verdict[0] else REJECT
         else:
             verdict, action = await self._check_remote(bucket)
-        exchange.decide(self._label, action)
+        exchange.decisions.append(Decision(self._label, action))
         if verdict is None:  # the store failed: on_store_error allow / deny
             if action == FAIL_CLOSED:
                 return self._reject(exchange, self._deny_retry * 1000)
@@ -190,9 +230,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             return self._reject(exchange, verdict[3])
         response = await call_next(exchange)
         if self._headers_on_admit:
-            response.headers.append(self._policy_field)
-            remaining = b"%s%d;t=%d" % (self._remaining_prefix, verdict[1], _seconds(verdict[2]))
-            response.headers.append((RATELIMIT, remaining))
+            remaining, reset = verdict[1], -(-verdict[2] // 1000)  # reset: ms, rounded up
+            fields = self._limit_fields
+            if fields is not None:
+                field = fields[remaining, reset]
+            else:
+                field = (RATELIMIT, b"%s%d;t=%d" % (self._remaining_prefix, remaining, reset))
+            headers = response.headers
+            headers.append(self._policy_field)
+            headers.append(field)
         return response
 
     async def _check_remote(self, bucket: str) -> tuple[Verdict | None, str]:
@@ -203,17 +249,23 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         if self._clock() >= health.down_until:
             result = await guard.call(self._run(self._script, (key,), self._args))
             if result is not None:
-                verdict = cast(Verdict, result)
-                return verdict, ALLOW if verdict[0] else REJECT
+                remote = cast(Verdict, result)
+                return remote, ALLOW if remote[0] else REJECT
             health.down_until = self._clock() + self._backoff
         if self._on_error == "allow":
             return None, FAIL_OPEN
         if self._on_error == "deny":
             return None, FAIL_CLOSED
-        local = self._local
-        local_key = local.key("rl-local:" + self._prefix + bucket)
-        verdict = cast(Verdict, self._twin(local, (local_key,), self._local_args))
+        verdict = self._local_check(self._local_prefix + bucket)
         return verdict, LOCAL_ALLOW if verdict[0] else LOCAL_REJECT
+
+    def _invalid_token(self, exchange: Exchange, invalid: InvalidToken) -> Response:
+        exchange.decide(self._label, INVALID_TOKEN)
+        return problem_response(
+            exchange, 401, "invalid-token", "Unauthorized",
+            f"the bearer token is not acceptable: {invalid.reason}",
+            [(b"www-authenticate", b'Bearer error="invalid_token"')],
+        )  # fmt: skip
 
     def _reject(self, exchange: Exchange, retry_ms: int) -> Response:
         retry = max(1, _seconds(retry_ms))
