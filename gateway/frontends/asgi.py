@@ -61,12 +61,73 @@ class GatewayApp:
     def __init__(self, runtime: Runtime | None = None, config_path: str | None = None) -> None:
         self.runtime = runtime
         self._config_path = config_path
+        if runtime is not None:
+            _count_in_flight(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.other(scope, receive, send)
+            return
+        runtime = self.runtime
+        assert runtime is not None, "the runtime starts in the ASGI lifespan"
+        snapshot = runtime.snapshot
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        raw_target: bytes = scope.get("raw_path") or scope["path"].encode()
+        query: bytes = scope["query_string"]
+        if query:
+            raw_target = b"%b?%b" % (raw_target, query)
+        client = scope.get("client")
+        content_length: int | None = None
+        has_body = False
+        for key, value in headers:  # names are lower-case in an ASGI scope
+            size = len(key)
+            if size == 14 and key == b"content-length":
+                content_length = int(value)
+                has_body = content_length > 0
+            elif size == 17 and key == b"transfer-encoding":
+                has_body = True
+        exchange = Exchange(
+            scope["method"],
+            raw_target,
+            headers,
+            client[0] if client else "0.0.0.0",
+            scheme=scope.get("scheme", "http"),
+            http_version=scope.get("http_version", "1.1"),
+        )
+        body: _RequestBody | None = None
+        if has_body:
+            exchange.body = None
+            exchange.body_stream = body = _RequestBody(receive, exchange)
+            exchange.content_length = content_length
+        runtime.in_flight += 1  # the in-flight gauge reads this at scrape time
+        status, sent = 500, 0
+        try:
+            try:
+                response = await snapshot.dispatch(exchange)
+            except ClientGone:
+                status = 499
+                return
+            status = response.status
+            if response.stream is None and status != 101:  # a whole body: two sends
+                framed, _ = framed_headers(exchange, response)
+                await send({"type": "http.response.start", "status": status, "headers": framed})
+                if body_allowed(exchange.method, status):
+                    await send({"type": "http.response.body", "body": response.body})
+                    sent = len(response.body)
+                else:
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            # Watch for a disconnect only when no one else may still call ``receive``.
+            watch = receive if body is None or body.done else None
+            sent = await self._send(exchange, response, send, watch)
+        finally:
+            runtime.in_flight -= 1
+            finish(snapshot, exchange, status, sent)
+
+    async def other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The scopes other than ``http``: WebSocket relay and the lifespan."""
         kind = scope["type"]
-        if kind == "http":
-            await self.http(scope, receive, send)
-        elif kind == "websocket":
+        if kind == "websocket":
             from gateway.frontends.asgi_ws import proxy_websocket
 
             assert self.runtime is not None
@@ -82,6 +143,7 @@ class GatewayApp:
                     if self.runtime is None:
                         assert self._config_path is not None
                         self.runtime = Runtime.from_file(self._config_path)
+                        _count_in_flight(self.runtime)
                     await self.runtime.start()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -93,73 +155,29 @@ class GatewayApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime = self.runtime
-        assert runtime is not None, "the runtime starts in the ASGI lifespan"
-        snapshot = runtime.snapshot
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        raw_target: bytes = scope.get("raw_path") or scope["path"].encode()
-        if scope["query_string"]:
-            raw_target += b"?" + scope["query_string"]
-        client = scope.get("client")
-        content_length: int | None = None
-        has_body = False
-        for key, value in headers:
-            if key == b"content-length":
-                content_length = int(value)
-                has_body = content_length > 0
-            elif key == b"transfer-encoding":
-                has_body = True
-        exchange = Exchange(
-            scope["method"],
-            raw_target,
-            headers,
-            client[0] if client else "0.0.0.0",
-            scheme=scope.get("scheme", "http"),
-            http_version=scope.get("http_version", "1.1"),
-        )
-        body: _RequestBody | None = None
-        if has_body:
-            exchange.body = None
-            exchange.body_stream = body = _RequestBody(receive, exchange)
-            exchange.content_length = content_length
-        runtime.in_flight += 1
-        runtime.metrics.in_flight.inc()
-        status, sent = 500, 0
-        try:
-            try:
-                response = await snapshot.dispatch(exchange)
-            except ClientGone:
-                status = 499
-                return
-            status = response.status
-            # Watch for a disconnect only when no one else may still call ``receive``.
-            watch = receive if body is None or body.done else None
-            sent = await self._send(exchange, response, send, watch)
-        finally:
-            runtime.in_flight -= 1
-            runtime.metrics.in_flight.dec()
-            finish(snapshot, exchange, status, sent)
-
     async def _send(
         self, exchange: Exchange, response: Response, send: Send, receive: Receive | None
     ) -> int:
-        if response.status == 101:  # upgrades arrive on the websocket scope, not here
+        """Send a streamed response (or refuse an unexpected 101); the body bytes sent."""
+        status = response.status
+        if status == 101:  # upgrades arrive on the websocket scope, not here
             await response.aclose()
             response = problem_response(
                 exchange, 502, "upgrade-failed", "Bad Gateway", "unexpected 101 from upstream"
             )
+            status = 502
         headers, _ = framed_headers(exchange, response)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        if not body_allowed(exchange.method, response.status):
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        stream = response.stream
+        if not body_allowed(exchange.method, status):
             await response.aclose()
             await send({"type": "http.response.body", "body": b""})
             return 0
-        if response.stream is None:
-            await send({"type": "http.response.body", "body": response.body})
-            return len(response.body)
+        if stream is None:
+            body = response.body
+            await send({"type": "http.response.body", "body": body})
+            return len(body)
         sent = 0
-        stream = response.stream
         # ASGI servers drop what is sent after a disconnect without a word: without this
         # watcher an endless upstream stream (SSE) would be read forever for nobody.
         gone = asyncio.ensure_future(_disconnect(receive)) if receive is not None else None
@@ -184,6 +202,11 @@ class GatewayApp:
                 gone.exception()  # retrieved: a failing receive means the client is gone
         await send({"type": "http.response.body", "body": b""})
         return sent
+
+
+def _count_in_flight(runtime: Runtime) -> None:
+    """No per-request gauge update: the gauge reads the runtime's count when scraped."""
+    runtime.metrics.in_flight.set_function(lambda: runtime.in_flight)
 
 
 async def _disconnect(receive: Receive) -> None:

@@ -33,21 +33,24 @@ def framed_headers(
         return response.headers, 0
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
+    whole = response.stream is None
     for key, value in response.headers:
-        lk = key.lower()
-        if lk == b"content-length":
-            if response.stream is None or length is not None:
+        size = len(key)
+        if size == 14 or size == 17:  # only these can be framing: lower-case just them
+            lk = key.lower()
+            if lk == b"content-length":
+                if whole or length is not None:
+                    continue
+                try:
+                    length = int(value)
+                except ValueError:
+                    continue
+            elif lk == b"transfer-encoding":
                 continue
-            try:
-                length = int(value)
-            except ValueError:
-                continue
-        elif lk == b"transfer-encoding":
-            continue
         headers.append((key, value))
-    if response.stream is None:
+    if whole:
         length = len(response.body)
-        headers.append((b"content-length", str(length).encode()))
+        headers.append((b"content-length", b"%d" % length))
     return headers, length
 
 

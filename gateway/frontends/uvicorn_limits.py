@@ -7,15 +7,24 @@ answered as problem+json before the request reaches the app. It also refuses a
 Transfer-Encoding the native front-end refuses (400/501) before the app is called,
 answers a refusal in a pipeline only after the earlier responses, and frames an
 HTTP/1.0 response of unknown length by closing the connection, never with chunks.
+
+The per-request path is uvicorn's, made cheaper for any ASGI app: the scope is built in
+one go once the head is complete, responses go through :class:`FastCycle`, and the
+connection's timers (head, body, keep-alive) are deadlines on one timer per connection,
+re-armed only when a deadline comes closer, not three timer objects per request. The
+keep-alive deadline is ``limits.keepalive_timeout`` as given (uvicorn's own
+``timeout_keep_alive`` is whole seconds and unused here).
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from typing import Any
 
 import httptools
-from uvicorn._types import ASGISendEvent
+from uvicorn._types import HTTPScope
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.config.models import Limits
@@ -23,6 +32,11 @@ from gateway.edge import status_phrase
 from gateway.errors import problem_body
 from gateway.exchange import Response
 from gateway.frontends.native_request import bad_request, transfer_coding_refusal
+from gateway.frontends.uvicorn_cycle import Connection, FastCycle
+
+# What the connection's one deadline is for.
+IDLE, HEAD, BODY = 1, 2, 3
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class _LimitExceeded(Exception):
@@ -46,87 +60,105 @@ def response_bytes(response: Response) -> bytes:
     return answer_bytes(response.status, response.body)
 
 
-class CloseDelimitedCycle(RequestResponseCycle):
-    """An HTTP/1.0 exchange: a response body of unknown length ends when the connection closes.
-
-    uvicorn adds ``transfer-encoding: chunked`` to any response without a Content-Length,
-    whatever the request's version; an HTTP/1.0 client cannot read chunks (RFC 9112 6.1).
-    Here such a response gets no framing header at all: uvicorn is told the body is
-    "not chunked" and each piece is announced to its length accounting just before it is
-    written, so it writes the bytes as they are; an HTTP/1.0 exchange is never kept alive
-    by uvicorn, so the connection closes after the last piece (close-delimited, RFC 9112
-    6.3 rule 8). Nothing is buffered, so no bound is needed.
-    """
-
-    close_delimited = False
-
-    async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] == "http.response.start":
-            if (
-                not self.response_started
-                and self.chunked_encoding is None
-                and self.scope["method"] != "HEAD"
-                and message["status"] not in (204, 304)
-                and not any(
-                    name.lower() in (b"content-length", b"transfer-encoding")
-                    for name, _ in message.get("headers", [])
-                )
-            ):
-                self.chunked_encoding = False
-                self.close_delimited = True
-        elif (
-            self.close_delimited
-            and message["type"] == "http.response.body"
-            and not self.response_complete  # else uvicorn raises: a body after the end
-        ):
-            self.expected_content_length += len(message.get("body", b""))
-        await super().send(message)
-
-
 def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
     # The most a request head may hold: past it, an unfinished head is refused (431)
     # even though no header line has completed yet.
     head_bound = limits.max_request_line + limits.max_header_size
+    max_line = limits.max_request_line
+    max_header_size = limits.max_header_size
+    max_headers = limits.max_headers
+    header_timeout = limits.header_timeout
+    body_timeout = limits.body_timeout
+    # Exact, where uvicorn's own ``timeout_keep_alive`` is whole seconds.
+    keepalive_timeout = limits.keepalive_timeout
+    known_names: set[bytes] = set()  # response header names that passed uvicorn's check
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._head_timer: asyncio.TimerHandle | None = None
+            self._conn: Connection | None = None
+            self._deadline = 0.0
+            self._deadline_kind = 0  # IDLE, HEAD, BODY, or 0: none
+            self._timer: asyncio.TimerHandle | None = None
+            self._timer_at = 0.0
             self._head_size = 0  # bytes of the complete header lines
             self._head_bytes = 0  # bytes fed while the head is unfinished
             self._header_count = 0
             self._chunked = False
+            self._has_body = False
             self._in_head = False  # between on_message_begin and on_headers_complete
             self._in_message = False  # between on_message_begin and on_message_complete
             self._begins = 0  # messages begun on this connection
             self._reject: bytes | None = None  # the answer a parser callback chose
             self._refusal: bytes | None = None  # the answer owed; nothing more is read
             self._serving: RequestResponseCycle | None = None  # the cycle the app runs
-            self._body_timer: asyncio.TimerHandle | None = None
+            self._reset_contextvars = self.config.reset_contextvars
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            self._conn = Connection(
+                self.loop,
+                transport,
+                self.flow,
+                self.server_state,
+                self.logger,
+                self.access_logger,
+                self.access_log,
+                known_names,
+            )
+            # A fresh connection has header_timeout to send its first head.
+            self._set_deadline(HEAD, header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            self._body_done()
+            self._deadline_kind = 0
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(limits.header_timeout, self._head_late)
+        # -- deadlines: one timer, fired at the earliest deadline, re-armed if moved on ---
 
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+        def _set_deadline(self, kind: int, seconds: float) -> None:
+            at = self.loop.time() + seconds
+            self._deadline_kind = kind
+            self._deadline = at
+            timer = self._timer
+            if timer is None or self._timer_at > at:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(at, self._on_deadline)
+                self._timer_at = at
+
+        def _on_deadline(self) -> None:
+            self._timer = None
+            kind = self._deadline_kind
+            if not kind:
+                return
+            if self.loop.time() < self._deadline:  # it moved on since the timer was set
+                self._timer = self.loop.call_at(self._deadline, self._on_deadline)
+                self._timer_at = self._deadline
+                return
+            self._deadline_kind = 0
+            if kind == IDLE:
+                self.timeout_keep_alive_handler()
+            elif kind == HEAD:
+                self._head_late()
+            else:
+                self._body_late()
 
         def _head_late(self) -> None:
-            self._head_timer = None
-            if self._busy():
-                return  # a request is being served; its head was complete
+            if self._busy():  # an earlier response is still owed: the client waits on us
+                self._set_deadline(HEAD, header_timeout)
+                return
             self._refuse(error_bytes(408, "request-timeout", "the request head took too long"))
+
+        def _body_late(self) -> None:
+            # The longest pause between two pieces of a request body. Time the app itself
+            # holds reading paused (backpressure) is not the client's fault.
+            if self.flow is not None and self.flow.read_paused:
+                self._set_deadline(BODY, body_timeout)
+                return
+            self.transport.close()  # the client stalled mid-body: nothing sensible to answer
 
         # -- refusals ---------------------------------------------------------------------
 
@@ -140,8 +172,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             if self._refusal is not None:
                 return
             self._refusal = answer
-            self._disarm()
-            self._body_done()
+            self._deadline_kind = 0
             cycle = self.cycle
             if cycle is not None and self._in_message and not self._in_head:
                 # The body of a request whose head was accepted broke: the app must not
@@ -172,19 +203,33 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             self._serving = cycle
-            super()._start_asgi_task(cycle, app)
+            if self._reset_contextvars or not isinstance(cycle, FastCycle):
+                super()._start_asgi_task(cycle, app)
+                return
+            # The cycle leaves ``tasks`` itself when it ends (no done callback).
+            cycle.task = task = self.loop.create_task(cycle.run_asgi(app))
+            self.tasks.add(task)
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if self._refusal is not None and not self._busy():
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            elif self._refusal is not None:
                 self._answer()
+            elif not self._in_message:
+                self._set_deadline(IDLE, keepalive_timeout)
 
         # -- reading ----------------------------------------------------------------------
 
         def data_received(self, data: bytes) -> None:
-            self._unset_keepalive_if_required()
             if self._refusal is not None:
                 return  # the connection is refused: what follows is never parsed
+            if self._deadline_kind == IDLE:  # the client talks: its head is due in time
+                self._set_deadline(HEAD, header_timeout)
             was_head, was_idle, begins = self._in_head, not self._in_message, self._begins
             try:
                 self.parser.feed_data(data)
@@ -226,80 +271,144 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             raise _LimitExceeded
 
         def on_message_begin(self) -> None:
-            super().on_message_begin()
+            self.url = b""
+            self.headers = []
+            self.expect_100_continue = False
             self._head_size = 0
             self._head_bytes = 0
             self._header_count = 0
             self._chunked = False
+            self._has_body = False
             self._in_head = self._in_message = True
             self._begins += 1
-            self._arm()
+            if self._deadline_kind != HEAD:
+                self._set_deadline(HEAD, header_timeout)
 
         def on_url(self, url: bytes) -> None:
-            super().on_url(url)
-            if len(self.url) > limits.max_request_line:
+            self.url += url
+            if len(self.url) > max_line:
                 self._raise(error_bytes(414, "uri-too-long", "the request line is too long"))
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._head_size += len(name) + len(value) + 4
             self._header_count += 1
-            if self._head_size > limits.max_header_size or self._header_count > limits.max_headers:
+            if self._head_size > max_header_size or self._header_count > max_headers:
                 self._raise(
                     error_bytes(
                         431, "request-header-fields-too-large", "the request headers are too large"
                     )
                 )
-            if len(name) == 17 and name.lower() == b"transfer-encoding":
-                # As the native front-end: refused before the app (and the upstream)
-                # ever sees a body whose length cannot be known.
-                refusal = transfer_coding_refusal(value)
-                if refusal is not None:
-                    self._raise(response_bytes(refusal))
-                self._chunked = True
-            super().on_header(name, value)
+            name = name.lower()
+            size = len(name)
+            if size == 14:
+                if name == b"content-length" and value.strip() not in (b"0", b""):
+                    self._has_body = True
+            elif size == 17:
+                if name == b"transfer-encoding":
+                    # As the native front-end: refused before the app (and the upstream)
+                    # ever sees a body whose length cannot be known.
+                    refusal = transfer_coding_refusal(value)
+                    if refusal is not None:
+                        self._raise(response_bytes(refusal))
+                    self._chunked = self._has_body = True
+            elif size == 6 and name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+            self.headers.append((name, value))
 
         def on_headers_complete(self) -> None:
-            self._disarm()
             self._in_head = False
-            version = self.parser.get_http_version()
+            parser = self.parser
+            version = parser.get_http_version()
             if self._chunked and version != "1.1":
                 # RFC 9112 6.1: the framing of such a message is faulty.
                 refusal = bad_request("Transfer-Encoding is not allowed in an HTTP/1.0 request")
                 self._raise(response_bytes(refusal))
-            existing = self.cycle
-            super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not existing and version == "1.0":
-                # Its task has not run yet: it sends through the subclass's ``send``.
-                cycle.__class__ = CloseDelimitedCycle
-            self._body_wait()
-
-        # body_timeout: the longest pause between two pieces of a request body. Time the
-        # app itself holds reading paused (backpressure) is not the client's fault.
-        def _body_wait(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-            self._body_timer = self.loop.call_later(limits.body_timeout, self._body_late)
-
-        def _body_done(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
-
-        def _body_late(self) -> None:
-            self._body_timer = None
-            if self.flow is not None and self.flow.read_paused:
-                self._body_wait()
+            raw_method = parser.get_method()
+            method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+            url = self.url
+            if url[:1] == b"/" and b"#" not in url:
+                raw_path, _, query = url.partition(b"?")
+            else:
+                parsed = httptools.parse_url(url)
+                raw_path, query = parsed.path, parsed.query or b""
+            path = raw_path.decode("ascii")
+            if "%" in path:
+                path = urllib.parse.unquote(path)
+            root_path = self.root_path
+            if root_path:
+                path = root_path + path
+                raw_path = root_path.encode("ascii") + raw_path
+            scope: HTTPScope = {
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": version,
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,  # type: ignore[typeddict-item]
+                "root_path": root_path,
+                "headers": self.headers,
+                "state": self.app_state.copy(),
+                "method": method,
+                "path": path,
+                "raw_path": raw_path,
+                "query_string": query,
+            }
+            self.scope = scope
+            if parser.should_upgrade() and self._should_upgrade():
+                self._deadline_kind = 0  # the connection leaves this protocol
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
                 return
-            self.transport.close()  # the client stalled mid-body: nothing sensible to answer
+            if self._has_body:
+                self._set_deadline(BODY, body_timeout)
+            else:
+                self._deadline_kind = 0
+            app = self.app
+            limit = self.limit_concurrency
+            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+                app = service_unavailable
+                self.logger.warning("Exceeded concurrency limit.")
+            existing = self.cycle
+            assert self._conn is not None
+            self.cycle = cycle = FastCycle(
+                scope,
+                self._conn,
+                version != "1.0" and parser.should_keep_alive(),
+                self.expect_100_continue,
+                version == "1.0",
+                self.on_response_complete,
+            )
+            if existing is None or existing.response_complete:
+                self._start_asgi_task(cycle, app)
+            else:  # pipelined: it waits for the earlier responses
+                self.flow.pause_reading()
+                self.pipeline.appendleft((cycle, app))
 
         def on_body(self, body: bytes) -> None:
-            self._body_wait()
-            super().on_body(body)
+            if self._deadline_kind == BODY:  # the next piece is due within body_timeout
+                self._deadline = self.loop.time() + body_timeout
+            if self.parser.should_upgrade() and self._should_upgrade():
+                return
+            cycle = self.cycle
+            if cycle.response_complete:
+                return
+            cycle.body += body
+            if len(cycle.body) > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+            cycle.message_event.set()
 
         def on_message_complete(self) -> None:
             self._in_message = False
-            self._body_done()
-            super().on_message_complete()
+            if self._deadline_kind == BODY:
+                self._deadline_kind = 0
+            if self.parser.should_upgrade() and self._should_upgrade():
+                return
+            cycle = self.cycle
+            if cycle.response_complete:  # answered before its body ended: now it is idle
+                self._set_deadline(IDLE, keepalive_timeout)
+                return
+            cycle.more_body = False
+            cycle.message_event.set()
 
     return LimitedHttpToolsProtocol
