@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from random import getrandbits as _random_bits
+from random import randbytes as _random_bytes
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.types import Headers
@@ -83,15 +83,17 @@ async def buffer_stream(stream: ByteStream, limit: int) -> tuple[bytes | None, B
 
 def find_header(headers: Headers, name: bytes) -> bytes | None:
     """First value of header ``name`` (lower-case bytes), or None."""
+    size = len(name)
     for key, value in headers:
-        if len(key) == len(name) and key.lower() == name:
+        if len(key) == size and key.lower() == name:
             return value
     return None
 
 
 def find_all(headers: Headers, name: bytes) -> list[bytes]:
     """Every value of header ``name`` (lower-case bytes), in order."""
-    return [v for k, v in headers if len(k) == len(name) and k.lower() == name]
+    size = len(name)
+    return [v for k, v in headers if len(k) == size and k.lower() == name]
 
 
 class Response:
@@ -176,7 +178,11 @@ CompleteCallback = Callable[["Exchange", int], Awaitable[None] | None]
 
 def new_trace_id() -> str:
     """A W3C trace id: 32 lower-case hex digits, never all zero."""
-    return f"{_random_bits(128) or 1:032x}"
+    tid = _random_bytes(16).hex()
+    return tid if tid != _ZERO_ID else new_trace_id()
+
+
+_ZERO_ID = "0" * 32
 
 
 class Exchange:
@@ -220,6 +226,7 @@ class Exchange:
         body: bytes | None = b"",
         body_stream: ByteStream | None = None,
         content_length: int | None = None,
+        host: bytes | None = None,
     ) -> None:
         self.method = method
         self.raw_target = raw_target
@@ -229,7 +236,7 @@ class Exchange:
         else:
             raw_path, self.query = raw_target, b""
         # Routing sees the percent-decoded, dot-resolved path; see normalize_target.
-        if _needs_normalizing(raw_path) and raw_path.startswith(b"/"):
+        if (b"%" in raw_path or b"/." in raw_path or b"//" in raw_path) and raw_path[:1] == b"/":
             forwarded, self.path = normalize_target(raw_path)
             if forwarded != raw_path:
                 raw_target = forwarded + raw_target[len(raw_path) :]
@@ -245,7 +252,8 @@ class Exchange:
         self.body_stream = body_stream
         # Declared length of a streamed body (None: chunked, length unknown).
         self.content_length = content_length if body_stream is not None else None
-        self.host = find_header(headers, b"host") or b""
+        # The front-end may pass the Host value it already saw while parsing.
+        self.host = host if host is not None else (find_header(headers, b"host") or b"")
         self.route: Route | None = None
         self.path_params: dict[str, str] = {}
         self.decisions: list[Decision] = []
@@ -289,9 +297,10 @@ class Exchange:
     def complete_callbacks(self) -> list[CompleteCallback]:
         return self._complete or []
 
-
-def _needs_normalizing(raw: bytes) -> bool:
-    return b"%" in raw or b"/." in raw or b"//" in raw
+    @property
+    def pending_callbacks(self) -> list[CompleteCallback] | None:
+        """The callbacks :meth:`on_complete` registered, or None (the common case)."""
+        return self._complete
 
 
 def remove_dot_segments(path: bytes) -> bytes:

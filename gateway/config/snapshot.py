@@ -82,7 +82,8 @@ class Snapshot:
         """
         if self.trusted:
             exchange.client_ip = resolve_client_ip(exchange.peer_ip, exchange.headers, self.trusted)
-        exchange.trace_id = trace_id_from(exchange.header(b"traceparent"))
+        traceparent = exchange.header(b"traceparent")
+        exchange.trace_id = new_trace_id() if traceparent is None else trace_id_from(traceparent)
         match = self.router.match(exchange.method, exchange.path, exchange.host, exchange.headers)
         route = match.route
         if route is None:

@@ -68,11 +68,11 @@ class _Reject(Exception):
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_body_timeout", "_chunked", "_content_length", "_drain_waiter", "_expect",
-        "_head_bytes", "_header_timeout", "_headers", "_hosts", "_hsize", "_keepalive_timeout",
-        "_max_head", "_max_header_size", "_max_headers", "_max_line", "_parse_dead", "_parsing",
-        "_paused", "_rejection", "_url", "_wakeup", "closed",
-        "current", "deadline", "deadline_kind", "frontend", "in_head", "loop", "parser", "peer",
-        "queue", "relay", "task", "transport", "upgrade_tail", "write_deadline", "write_paused"
+        "_head_bytes", "_header_timeout", "_headers", "_host", "_hosts", "_hsize",
+        "_keepalive_timeout", "_max_head", "_max_header_size", "_max_headers", "_max_line",
+        "_parsing", "_paused", "_rejection", "_url", "_wakeup", "closed", "current", "deadline",
+        "deadline_kind", "frontend", "in_head", "loop", "parse_dead", "parser", "peer", "queue",
+        "relay", "task", "transport", "upgrade_tail", "write_deadline", "write_paused"
     )  # fmt: skip
 
     def __init__(self, frontend: NativeFrontend) -> None:
@@ -103,7 +103,7 @@ class HttpConnection(asyncio.Protocol):
         self._wakeup: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused = 0
-        self._parse_dead = False
+        self.parse_dead = False
         self._parsing: Pending | None = None  # the request whose body is being parsed
         self._rejection: Response | None = None
         self._head_bytes = 0
@@ -111,6 +111,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._hsize = 0
         self._hosts = 0
+        self._host = b""
         self._content_length: int | None = None
         self._chunked = False
         self._expect = False
@@ -166,7 +167,7 @@ class HttpConnection(asyncio.Protocol):
         if self.relay is not None:
             self.relay.feed(data)
             return
-        if self._parse_dead:
+        if self.parse_dead:
             if self.upgrade_tail is not None:
                 self.upgrade_tail += data
                 if len(self.upgrade_tail) > HIGH_WATER:
@@ -177,7 +178,7 @@ class HttpConnection(asyncio.Protocol):
             # bound below sees all but at most one slice of that head.
             view = memoryview(data)
             for start in range(0, len(data), FEED_SLICE):
-                if self._parse_dead or self.closed or self.relay is not None:
+                if self.parse_dead or self.closed or self.relay is not None:
                     rest = bytes(view[start:])
                     if self.relay is not None:
                         self.relay.feed(rest)
@@ -197,7 +198,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._parse_dead = True
+            self.parse_dead = True
             self.upgrade_tail = bytearray(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             rejection, self._rejection = self._rejection, None
@@ -223,6 +224,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers = []
         self._hsize = 0
         self._hosts = 0
+        self._host = b""
         self._content_length = None
         self._chunked = False
         self._expect = False
@@ -244,6 +246,7 @@ class HttpConnection(asyncio.Protocol):
         if size == 4:
             if name.lower() == b"host":
                 self._hosts += 1
+                self._host = value
         elif size == 14:
             if name.lower() == b"content-length":
                 self._content_length = int(value)  # httptools checked digits and duplicates
@@ -270,11 +273,14 @@ class HttpConnection(asyncio.Protocol):
         http11 = version == "1.1"
         upgrade = bool(parser.should_upgrade())
         length = self._content_length
-        has_body = self._chunked or (length is not None and length > 0)
-        refusal = head_refusal(version, self._hosts, self._chunked, has_body and upgrade)
-        if refusal is not None:
-            self._raise(refusal)
+        chunked = self._chunked
+        has_body = chunked or (length is not None and length > 0)
+        if not http11 or self._hosts != 1 or chunked or (has_body and upgrade):
+            refusal = head_refusal(version, self._hosts, chunked, has_body and upgrade)
+            if refusal is not None:
+                self._raise(refusal)
         target = self._url
+        host = self._host
         if target[:1] != b"/":
             try:
                 target, authority = origin_form(target, method)
@@ -283,19 +289,17 @@ class HttpConnection(asyncio.Protocol):
             if authority is not None:
                 headers = [(k, v) for k, v in headers if k.lower() != b"host"]
                 headers.insert(0, (b"host", authority))
-        body = RequestBody(self, length, self._expect and http11) if has_body else None
-        exchange = Exchange(
-            method,
-            target,
-            headers,
-            self.peer,
-            http_version=version,
-            body_stream=body,
-            content_length=length,
-        )
-        if body is not None:
+                host = authority
+        if has_body:
+            body = RequestBody(self, length, self._expect and http11)
+            exchange = Exchange(method, target, headers, self.peer, http_version=version,
+                                body_stream=body, content_length=length, host=host)  # fmt: skip
             body.exchange = exchange
-        pending = Pending(exchange, body, bool(parser.should_keep_alive()), http11, upgrade)
+        else:
+            body = None
+            exchange = Exchange(method, target, headers, self.peer, http_version=version,
+                                host=host)  # fmt: skip
+        pending = Pending(exchange, body, parser.should_keep_alive(), http11, upgrade)
         self._parsing = pending
         queue = self.queue
         queue.append(pending)
@@ -405,7 +409,7 @@ class HttpConnection(asyncio.Protocol):
         """Whether the connection may stay open after ``pending``'s response."""
         if not pending.keep_alive or self.frontend.draining:
             return False
-        if self._parse_dead and not self.queue:
+        if self.parse_dead and not self.queue:
             return False  # the last response owed: nothing more will be read
         body = pending.body
         if body is not None and not body.complete:
@@ -423,7 +427,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _reject(self, response: Response) -> None:
         """Stop parsing; the answer goes out after the responses already owed, then close."""
-        self._parse_dead = True
+        self.parse_dead = True
         self.pause(STOPPED)
         self.in_head = False
         if self.deadline_kind in (HEAD, IDLE):

@@ -70,15 +70,18 @@ def build_head(
     return b"".join(parts)
 
 
-def framed_head(response: Response, allowed: bool) -> tuple[list[bytes], int | None, bool]:
+def framed_head(
+    response: Response, allowed: bool, first: bytes = b""
+) -> tuple[list[bytes], int | None, bool]:
     """The header lines with framing decided, the declared length, and whether Date is set.
 
     The same rules as :func:`gateway.frontends.common.framed_headers` (a whole body gets
     its own Content-Length; a streamed one keeps the first valid upstream Content-Length
     or none; Transfer-Encoding is recomputed; a response without a body keeps its
-    headers), in one pass that lower-cases only the names of framing length.
+    headers), in one pass that lower-cases only the names of framing length. ``first``
+    (the status line) starts the list.
     """
-    parts: list[bytes] = []
+    parts: list[bytes] = [first]
     dated = False
     length: int | None = None
     if not allowed:
@@ -128,10 +131,38 @@ async def respond(conn: HttpConnection, pending: Pending) -> bool:
             response = pending.malformed
         assert response is not None
         status = response.status
+        if response.stream is None and status >= 200 and not conn.closed:
+            return write_whole(conn, pending, response)  # no await: nothing to wait for
         return await write_response(conn, pending, response)
     finally:
         runtime.in_flight -= 1
         finish(snapshot, exchange, status, pending.sent)
+
+
+def write_whole(conn: HttpConnection, pending: Pending, response: Response) -> bool:
+    """Write a final response whose body is whole, in one write; True: keep alive."""
+    status = response.status
+    if pending.keep_alive and pending.body is None and not conn.parse_dead:
+        keep_alive = not conn.frontend.draining  # keep_alive_for's common case
+    else:
+        keep_alive = conn.keep_alive_for(pending)
+    allowed = pending.exchange.method != "HEAD" and status != 204 and status != 304
+    parts, _, dated = framed_head(response, allowed, status_line(status, response.reason))
+    if not dated:
+        parts.append(conn.frontend.date_line())
+    parts.append(_TAILS[keep_alive, pending.http11, False])
+    transport = conn.transport
+    if not allowed:
+        transport.write(b"".join(parts))
+        return keep_alive
+    body = response.body
+    if len(body) <= 16384:
+        parts.append(body)
+        transport.write(b"".join(parts))
+    else:
+        transport.writelines((b"".join(parts), body))
+    pending.sent = len(body)
+    return keep_alive
 
 
 async def write_response(conn: HttpConnection, pending: Pending, response: Response) -> bool:
@@ -148,29 +179,19 @@ async def write_response(conn: HttpConnection, pending: Pending, response: Respo
         detail = f"the upstream answered {status} to a request that did not ask for it"
         response = problem_response(exchange, 502, "unexpected-status", "Bad Gateway", detail)
         status = 502
+    stream = response.stream
+    if stream is None:
+        return write_whole(conn, pending, response)
     keep_alive = conn.keep_alive_for(pending)
     allowed = exchange.method != "HEAD" and status != 204 and status != 304
-    parts, length, dated = framed_head(response, allowed)
-    parts.insert(0, status_line(status, response.reason))
+    parts, length, dated = framed_head(response, allowed, status_line(status, response.reason))
     if not dated:
         parts.append(conn.frontend.date_line())
     transport = conn.transport
-    stream = response.stream
     if not allowed:
-        if stream is not None:
-            await response.aclose()
+        await response.aclose()
         parts.append(_TAILS[keep_alive, pending.http11, False])
         transport.write(b"".join(parts))
-        return keep_alive
-    if stream is None:
-        body = response.body
-        parts.append(_TAILS[keep_alive, pending.http11, False])
-        if len(body) <= 16384:
-            parts.append(body)
-            transport.write(b"".join(parts))
-        else:
-            transport.writelines((b"".join(parts), body))
-        pending.sent = len(body)
         return keep_alive
     chunked = length is None and pending.http11
     if length is None and not pending.http11:

@@ -56,15 +56,44 @@ def setup_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
     root.propagate = False
 
 
+#: Buffered access lines are written out at this size, or 100 ms after the first one.
+FLUSH_BYTES = 64 * 1024
+_ACCESS = (
+    b'{"time":"%s.%03dZ","type":"access","route":%s,"method":%s,"path":%s,"status":%d,'
+    b'"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,"upstream_ms":%.3f,'
+    b'"client_ip":%s,"trace_id":"%s"'
+)
+_json_text: dict[str, bytes] = {}  # JSON-encoded route names, methods and addresses
+
+
+def _json(text: str) -> bytes:
+    """``text`` as a JSON string, memoised for the few values that repeat (bounded)."""
+    encoded = _json_text.get(text)
+    if encoded is None:
+        encoded = orjson.dumps(text)
+        if len(_json_text) < 4096:
+            _json_text[text] = encoded
+    return encoded
+
+
 class AccessLog:
-    """Buffered JSON-lines access log."""
+    """Buffered JSON-lines access log.
+
+    A line is formatted straight into bytes (only the path, the one free-form field, is
+    JSON-escaped per request), and the buffer is written out once it holds
+    :data:`FLUSH_BYTES` or 100 ms after its first line, whichever comes first, so its
+    memory is reused rather than grown.
+    """
 
     def __init__(self, enabled: bool, fmt: str = "json", stream: IO[bytes] | None = None) -> None:
         self.enabled = enabled
         self.text = fmt == "text"
         self._stream = stream if stream is not None else sys.stdout.buffer
         self._buffer: list[bytes] = []
+        self._size = 0
         self._scheduled = False
+        self._second = -1
+        self._stamp = b""
 
     def write(
         self, exchange: Exchange, status: int, bytes_out: int, duration: float, route: str
@@ -80,40 +109,54 @@ class AccessLog:
                 f"{bytes_out} {duration * 1000:.2f}ms route={route} trace={exchange.trace_id}\n"
             ).encode()
         else:
-            doc = {
-                "time": _iso(time.time()),
-                "type": "access",
-                "route": route,
-                "method": exchange.method,
-                "path": exchange.path,
-                "status": status,
-                "bytes_in": exchange.bytes_in,
-                "bytes_out": bytes_out,
-                "duration_ms": round(duration * 1000, 3),
-                "upstream_ms": round(exchange.upstream_duration * 1000, 3),
-                "client_ip": exchange.client_ip,
-                "trace_id": exchange.trace_id,
-            }
-            if exchange.decisions:
-                doc["decisions"] = [
-                    f"{d.policy}:{d.action}{':shadow' if d.shadow else ''}"
-                    for d in exchange.decisions
+            now = time.time()
+            whole = int(now)
+            if whole != self._second:
+                self._second = whole
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
+            line = _ACCESS % (
+                self._stamp,
+                int((now - whole) * 1000),
+                _json(route),
+                _json(exchange.method),
+                orjson.dumps(exchange.path),
+                status,
+                exchange.bytes_in,
+                bytes_out,
+                duration * 1000,
+                exchange.upstream_duration * 1000,
+                _json(exchange.client_ip),
+                exchange.trace_id.encode(),
+            )
+            decisions = exchange.decisions
+            if decisions:
+                listed = [
+                    f"{d.policy}:{d.action}{':shadow' if d.shadow else ''}" for d in decisions
                 ]
-            line = orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
+                line += b',"decisions":' + orjson.dumps(listed) + b"}\n"
+            else:
+                line += b"}\n"
         self._buffer.append(line)
-        if not self._scheduled:
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             try:
-                asyncio.get_running_loop().call_later(0.1, self.flush)
+                asyncio.get_running_loop().call_later(0.1, self._tick)
             except RuntimeError:
                 self.flush()
 
-    def flush(self) -> None:
+    def _tick(self) -> None:
         self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
         if not self._buffer:
             return
         data = b"".join(self._buffer)
         self._buffer.clear()
+        self._size = 0
         try:
             self._stream.write(data)
             self._stream.flush()

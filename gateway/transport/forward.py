@@ -75,21 +75,104 @@ class UpstreamPool:
             self._failures[index] = 0
 
 
+_SCHEMES = {"http": b"http", "https": b"https"}
+
+
 def request_headers(
     exchange: Exchange, target: Target, host_mode: str, trusted: tuple[IPNetwork, ...]
 ) -> tuple[Headers, bool]:
-    """Headers for the upstream, and whether this is a protocol upgrade request."""
+    """Headers for the upstream, and whether this is a protocol upgrade request.
+
+    One pass for the common request, which has no ``Connection`` header; one that has
+    goes through :func:`_listed_request_headers`, which first reads the tokens it lists.
+    """
+    if host_mode == "preserve":
+        host = exchange.host or target.authority
+    elif host_mode == "upstream":
+        host = target.authority
+    else:
+        host = host_mode.encode("latin-1")
+    out: Headers = [(b"host", host)]
+    xff: list[bytes] | None = None
+    proto = forwarded_host = None
+    believe: bool | None = None
+    for key, value in exchange.headers:
+        name = key.lower()
+        if name not in _SPECIAL:  # the common case: an end-to-end field, passed on
+            out.append((key, value))
+            continue
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                return _listed_request_headers(exchange, target, host_mode, trusted)
+            continue
+        if name in FORWARDING:
+            if believe is None:
+                believe = bool(trusted) and is_trusted(exchange.peer_ip, trusted)
+            if believe:
+                if name == b"x-forwarded-for":
+                    if xff is None:
+                        xff = []
+                    xff.append(value)
+                elif name == b"x-forwarded-proto":
+                    proto = value
+                elif name == b"x-forwarded-host":
+                    forwarded_host = value
+                else:
+                    out.append((key, value))
+            continue
+        if name != b"host" and name != b"content-length":
+            out.append((key, value))
+    peer = exchange.peer_ip.encode("latin-1")
+    if xff is None:
+        out.append((b"x-forwarded-for", peer))
+    else:
+        xff.append(peer)
+        out.append((b"x-forwarded-for", b", ".join(xff)))
+    _forwarding_tail(exchange, out, host, proto, forwarded_host)
+    return out, False
+
+
+def _forwarding_tail(
+    exchange: Exchange,
+    out: Headers,
+    host: bytes,
+    proto: bytes | None,
+    fhost: bytes | None,
+    upgrade: bool = False,
+) -> None:
+    """X-Forwarded-Proto/Host, Via, Connection for an upgrade, and the request's framing."""
+    scheme = exchange.scheme
+    out.append((b"x-forwarded-proto", proto or _SCHEMES.get(scheme) or scheme.encode("latin-1")))
+    out.append((b"x-forwarded-host", fhost or exchange.host or host))
+    via = _REQUEST_VIA.get(exchange.http_version)
+    if via is None:
+        via = exchange.http_version.encode("latin-1") + b" gateway"
+    out.append((b"via", via))
+    if upgrade:
+        out.append((b"connection", b"upgrade"))
+    body = exchange.body
+    if body is not None:
+        if body or exchange.method in ("POST", "PUT", "PATCH"):
+            out.append((b"content-length", b"%d" % len(body)))
+    elif exchange.content_length is not None:
+        out.append((b"content-length", b"%d" % exchange.content_length))
+
+
+def _listed_request_headers(
+    exchange: Exchange, target: Target, host_mode: str, trusted: tuple[IPNetwork, ...]
+) -> tuple[Headers, bool]:
+    """:func:`request_headers` for a request with a ``Connection`` header."""
     headers = exchange.headers
-    listed = connection_tokens(headers) if exchange.header(b"connection") is not None else None
-    upgrade = bool(listed and b"upgrade" in listed and exchange.header(b"upgrade") is not None)
+    listed = connection_tokens(headers)
+    upgrade = b"upgrade" in listed and exchange.header(b"upgrade") is not None
     believe = trusted and is_trusted(exchange.peer_ip, trusted)
     out: Headers = []
     xff: list[bytes] = []
     proto = forwarded_host = None
     for key, value in headers:
         name = key.lower()
-        if name not in _SPECIAL:  # the common case: an end-to-end field, passed on
-            if listed is None or name not in listed:
+        if name not in _SPECIAL:
+            if name not in listed:
                 out.append((key, value))
             continue
         if name in HOP_BY_HOP:
@@ -116,23 +199,10 @@ def request_headers(
         host = target.authority
     else:
         host = host_mode.encode("latin-1")
-    peer = exchange.peer_ip.encode("latin-1")
-    xff.append(peer)
+    xff.append(exchange.peer_ip.encode("latin-1"))
     out.insert(0, (b"host", host))
     out.append((b"x-forwarded-for", b", ".join(xff)))
-    out.append((b"x-forwarded-proto", proto or exchange.scheme.encode("latin-1")))
-    out.append((b"x-forwarded-host", forwarded_host or exchange.host or host))
-    via = _REQUEST_VIA.get(exchange.http_version)
-    if via is None:
-        via = exchange.http_version.encode("latin-1") + b" gateway"
-    out.append((b"via", via))
-    if upgrade:
-        out.append((b"connection", b"upgrade"))
-    if exchange.body is not None:
-        if exchange.body or exchange.method in ("POST", "PUT", "PATCH"):
-            out.append((b"content-length", str(len(exchange.body)).encode()))
-    elif exchange.content_length is not None:
-        out.append((b"content-length", str(exchange.content_length).encode()))
+    _forwarding_tail(exchange, out, host, proto, forwarded_host, upgrade)
     return out, upgrade
 
 
@@ -170,34 +240,46 @@ def make_forwarder(
     observe = metrics.upstream_observer(pool.name) if metrics is not None else None
     count_error = metrics.upstream_error_counter(pool.name) if metrics is not None else None
 
+    single = len(pool.targets) == 1
+    only = pool.targets[0]
+    perf_counter = time.perf_counter
+
     async def forward(exchange: Exchange) -> Response:
-        index, target = pool.pick()
+        if single:  # passive health cannot change the pick: no bookkeeping
+            index, target = 0, only
+        else:
+            index, target = pool.pick()
         headers, upgrade = request_headers(exchange, target, host_mode, trusted)
         raw = exchange.raw_target
+        body = exchange.body
         request = UpstreamRequest(
-            method=exchange.method,
-            target=target,
-            path=target.base_path + raw if target.base_path else raw,
-            headers=headers,
-            body=exchange.body if exchange.body is not None else exchange.body_stream,
-            timeouts=timeouts,
-            upgrade=upgrade,
+            exchange.method,
+            target,
+            target.base_path + raw if target.base_path else raw,
+            headers,
+            body if body is not None else exchange.body_stream,
+            timeouts,
+            upgrade,
         )
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             response = await transport.send(request)
         except UpstreamError as exc:
             if count_error is not None:
                 count_error(exc.kind)
             # Only failures to connect say the target is unhealthy; a slow answer does not.
-            pool.report(index, not isinstance(exc, UpstreamConnectError | UpstreamConnectTimeout))
+            if not single:
+                pool.report(
+                    index, not isinstance(exc, UpstreamConnectError | UpstreamConnectTimeout)
+                )
             raise
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = perf_counter() - started
             exchange.upstream_duration += elapsed
             if observe is not None:
                 observe(elapsed)
-        pool.report(index, True)
+        if not single:
+            pool.report(index, True)
         response_headers(response)
         return response
 

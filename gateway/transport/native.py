@@ -37,6 +37,7 @@ from gateway.types import Headers
 #: A bytes body up to this size is sent in the same write as the request head.
 SMALL_BODY = 64 * 1024
 _CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
+_METHOD_LINES = {m: m.encode() + b" " for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")}
 
 
 class NativeTransport:
@@ -63,8 +64,14 @@ class NativeTransport:
 
         body = request.body
         headers = request.headers
-        lines = [request.method.encode(), b" ", request.path, b" HTTP/1.1\r\n"]
-        lines += [name + b": " + value + b"\r\n" for name, value in headers]
+        method = request.method
+        lines = [
+            _METHOD_LINES.get(method) or method.encode() + b" ",
+            request.path,
+            b" HTTP/1.1\r\n",
+        ]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
         stream: ByteStream | None = None
         chunked = False
         tail: bytes | None = None
