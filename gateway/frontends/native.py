@@ -7,7 +7,7 @@ It builds the same Exchange as the ASGI front-end and drives the same chain
   request queue (pipelining, responses in order), timers, drain, upgrades;
 * :mod:`.native_request` -- the queued request and its streamed body (backpressure,
   ``100 Continue``), request-target forms;
-* :mod:`.native_send` -- dispatch, response framing and writing, the upgrade relay;
+* :mod:`.native_send` -- response framing and writing, the upgrade relay;
 * this module -- the listener, the deadline reaper, the cached ``Date`` and drain.
 
 Drain (SIGTERM): :meth:`NativeFrontend.stop_accepting` closes the listening sockets;

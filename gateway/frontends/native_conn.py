@@ -26,6 +26,7 @@ import httptools
 
 from gateway.edge import problem_response
 from gateway.exchange import Exchange, Response
+from gateway.frontends.common import finish
 from gateway.frontends.native_request import (
     BACKLOG,
     BODY_FULL,
@@ -42,7 +43,7 @@ from gateway.frontends.native_request import (
     too_large,
     transfer_coding_refusal,
 )
-from gateway.frontends.native_send import Relay, respond
+from gateway.frontends.native_send import Relay, write_response, write_whole
 
 if TYPE_CHECKING:
     from gateway.exchange import Upgraded
@@ -359,8 +360,29 @@ class HttpConnection(asyncio.Protocol):
             if self._paused & BACKLOG and len(queue) <= MAX_PIPELINE:
                 self.resume(BACKLOG)
             self.current = pending
+            # Inlined rather than a coroutine per request: dispatch, write, bookkeeping.
+            runtime = self.frontend.runtime
+            snapshot = runtime.snapshot
+            runtime.in_flight += 1  # the in-flight gauge reads this at scrape time
+            status = 499  # the client went away before an answer
             try:
-                keep_alive = await respond(self, pending)
+                response = pending.error
+                if response is None and pending.malformed is None:
+                    try:
+                        response = await snapshot.dispatch(pending.exchange)
+                    except ClientGone:
+                        if pending.malformed is None:
+                            raise
+                if pending.malformed is not None:  # the body broke while the chain ran
+                    if response is not None:
+                        await response.aclose()
+                    response = pending.malformed
+                assert response is not None
+                status = response.status
+                if response.stream is None and status >= 200 and not self.closed:
+                    keep_alive = write_whole(self, pending, response)
+                else:
+                    keep_alive = await write_response(self, pending, response)
             except ClientGone:
                 self.abort()
                 return
@@ -368,6 +390,9 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("native front-end: a response failed; connection aborted")
                 self.abort()
                 return
+            finally:
+                runtime.in_flight -= 1
+                finish(snapshot, pending.exchange, status, pending.sent)
             self.current = None
             if not keep_alive or self.closed:
                 self.close()

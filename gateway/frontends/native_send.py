@@ -1,4 +1,4 @@
-"""The native front-end's response side: run the chain, frame and write, relay upgrades.
+"""The native front-end's response side: frame and write responses, relay upgrades.
 
 The head (status line and headers) goes out in one write, with the body too when it is
 whole. A body of unknown length is chunked for HTTP/1.1 and close-delimited for
@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from gateway.edge import problem_response, status_phrase
 from gateway.errors import GatewayError, UpstreamBodyError
 from gateway.exchange import Response
-from gateway.frontends.common import finish
 from gateway.frontends.native_request import HIGH_WATER, RELAY, ClientGone, Pending
 from gateway.types import Headers
 
@@ -108,35 +107,6 @@ def framed_head(
         length = len(response.body)
         parts.append(b"content-length: %d\r\n" % length)
     return parts, length, dated
-
-
-async def respond(conn: HttpConnection, pending: Pending) -> bool:
-    """Serve one request: dispatch, write the response, bookkeeping. True: keep alive."""
-    runtime = conn.frontend.runtime
-    snapshot = runtime.snapshot
-    exchange = pending.exchange
-    runtime.in_flight += 1  # the in-flight gauge reads this at scrape time
-    status = 499  # the client went away before an answer
-    try:
-        response = pending.error
-        if response is None and pending.malformed is None:
-            try:
-                response = await snapshot.dispatch(exchange)
-            except ClientGone:
-                if pending.malformed is None:
-                    raise
-        if pending.malformed is not None:  # the body broke while the chain ran
-            if response is not None:
-                await response.aclose()
-            response = pending.malformed
-        assert response is not None
-        status = response.status
-        if response.stream is None and status >= 200 and not conn.closed:
-            return write_whole(conn, pending, response)  # no await: nothing to wait for
-        return await write_response(conn, pending, response)
-    finally:
-        runtime.in_flight -= 1
-        finish(snapshot, exchange, status, pending.sent)
 
 
 def write_whole(conn: HttpConnection, pending: Pending, response: Response) -> bool:
