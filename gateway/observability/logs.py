@@ -76,6 +76,19 @@ def _json(text: str) -> bytes:
     return encoded
 
 
+_decisions: dict[tuple[str, str, bool], bytes] = {}  # "policy:action[:shadow]" as JSON
+
+
+def _decision(policy: str, action: str, shadow: bool) -> bytes:
+    key = (policy, action, shadow)
+    encoded = _decisions.get(key)
+    if encoded is None:
+        encoded = orjson.dumps(f"{policy}:{action}{':shadow' if shadow else ''}")
+        if len(_decisions) < 4096:
+            _decisions[key] = encoded
+    return encoded
+
+
 class AccessLog:
     """Buffered JSON-lines access log.
 
@@ -130,10 +143,8 @@ class AccessLog:
             )
             decisions = exchange.decisions
             if decisions:
-                listed = [
-                    f"{d.policy}:{d.action}{':shadow' if d.shadow else ''}" for d in decisions
-                ]
-                line += b',"decisions":' + orjson.dumps(listed) + b"}\n"
+                listed = b",".join([_decision(d.policy, d.action, d.shadow) for d in decisions])
+                line += b',"decisions":[' + listed + b"]}\n"
             else:
                 line += b"}\n"
         self._buffer.append(line)
