@@ -134,12 +134,12 @@ class Bench:
         self.finished: asyncio.Future[None] = loop.create_future()
 
 
-def write_config(directory: Path, policies: dict[str, Any]) -> Path:
+def write_config(directory: Path, policies: dict[str, Any], access_log: bool) -> Path:
     config = {
         "version": 1,
         "listen": "127.0.0.1:0",
         "admin": "127.0.0.1:0",
-        "logging": {"level": "warning", "format": "json", "access_log": True},
+        "logging": {"level": "warning", "format": "json", "access_log": access_log},
         "reload": {"watch": False},
         "upstreams": {"app": {"url": "http://127.0.0.1:9", "pool": {"max_connections": 256}}},
         "routes": [{"name": "all", "upstream": "app", "match": {"prefix": "/"},
@@ -150,11 +150,17 @@ def write_config(directory: Path, policies: dict[str, Any]) -> Path:
     return path
 
 
+def runtime_log_enabled(config_path: Path) -> bool:
+    return bool(yaml.safe_load(config_path.read_text())["logging"]["access_log"])
+
+
 async def run_once(
     config_path: Path, requests: int, connections: int, path: str, response: bytes
 ) -> float:
     loop = asyncio.get_running_loop()
-    access_log = AccessLog(True, "json", stream=io.BufferedWriter(_Sink()))
+    access_log = AccessLog(
+        runtime_log_enabled(config_path), "json", stream=io.BufferedWriter(_Sink())
+    )
     runtime = Runtime.from_file(config_path, access_log=access_log)
     await runtime.start()
     frontend = NativeFrontend(runtime, runtime.config)
@@ -208,13 +214,14 @@ def main() -> int:
         help="the upstream answers with Cache-Control: public, max-age=3600",
     )
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-access-log", action="store_true", help="logging.access_log: false")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one run")
     args = parser.parse_args()
     policies = json.loads(args.policies)
     response = CACHEABLE_RESPONSE if args.cacheable else UPSTREAM_RESPONSE
     uvloop.install()
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = write_config(Path(tmp), policies)
+        config_path = write_config(Path(tmp), policies, not args.no_access_log)
         if args.profile:
             profiler = cProfile.Profile(time.process_time)
             profiler.enable()
