@@ -11,7 +11,7 @@ stable enough to compare two versions of the code on a busy machine.
 
     .venv/bin/python bench/core_micro.py [--requests 100000] [--connections 16]
         [--policies '{"rate_limit": {"rate": "10000000/s", "key": "ip"}}'] [--path /]
-        [--repeat 3] [--profile]
+        [--repeat 3] [--profile] [--no-access-log] [--cacheable]
 
 Prints the CPU (process time) per request, best of ``--repeat`` runs.
 """

@@ -16,6 +16,7 @@ Decisions a shadow policy records are flagged ``shadow=True``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from gateway.exchange import Exchange, Response
@@ -30,8 +31,9 @@ def _mark_shadow(exchange: Exchange, since: int) -> None:
 
 
 def _enforcing(policy: Policy[Any], call_next: Handler) -> Handler:
-    async def handler(exchange: Exchange) -> Response:
-        return await policy(exchange, call_next)
+    # Not a coroutine of its own: the policy's coroutine is handed to the caller to await.
+    def handler(exchange: Exchange) -> Awaitable[Response]:
+        return policy(exchange, call_next)
 
     return handler
 
