@@ -1,9 +1,13 @@
-"""Replicas sharing one store (the memory backend standing in for Redis): L2 hits,
-purges through pub/sub, the ban log for late starters, unsafe-method invalidation."""
+"""Replicas sharing one store (the memory backend standing in for Redis): L2 hits and
+what they cost in store reads, purges through pub/sub, the ban log for late starters,
+unsafe-method invalidation."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from gateway.config.models import StoreSpec
 from gateway.observability.metrics import Metrics
@@ -25,6 +29,18 @@ from tests.unit.cache_support import (
 
 CONFIG = {"stores": ["memory", "shared"]}
 TAGGED = (("Cache-Control", "max-age=60"), ("Surrogate-Key", "catalog"))
+#: As bench variant cache-l2: the in-process tier refuses every entry.
+L1_REFUSES = {"stores": ["memory", "shared"], "memory": {"max_bytes": 256, "max_object": 256}}
+
+
+class CountingShared(FakeShared):
+    """Counts the reads of the shared tier."""
+
+    gets = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return await super().get(key)
 
 
 async def replica(shared: FakeShared, clock: Clock) -> CachePolicy:
@@ -47,6 +63,54 @@ def test_a_store_by_one_replica_is_an_l2_hit_in_another() -> None:
         assert header(from_l2, "cache-status") == "gateway; hit; ttl=60; detail=l2"
         assert [(d.action, d.detail) for d in ex.decisions] == [("hit", "l2")]
         assert header(await b(request(), up), "cache-status") == "gateway; hit; ttl=60"
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("config", [{"stores": ["shared"]}, L1_REFUSES])
+def test_an_l2_hit_is_one_read_and_answers_as_the_full_lookup_does(
+    config: dict[str, Any],
+) -> None:
+    """Every variant of a URL is one value: a hit, a Vary miss and a stale entry each read
+    the shared store once; the hot path and the full lookup answer alike."""
+
+    async def go() -> None:
+        clock = Clock()
+        shared = CountingShared("shared", StoreSpec(url="memory://"), clock)
+        policy = build(config, clock=clock, store_set=stores(shared, clock))
+        await policy.start()
+        up = Upstream(ok(("Cache-Control", "max-age=60"), ("ETag", '"v1"'), ("Vary", "Accept")))
+        await policy(request("GET", "/v", ("Accept", "a")), up)
+        await policy(request("GET", "/v", ("Accept", "b")), up)  # a second variant
+        clock.advance(12.5)
+        before = shared.gets
+        fast = request("GET", "/v", ("Accept", "a"))
+        full = request("GET", "/v", ("Accept", "a"), ("Pragma", "x"))  # takes the full lookup
+        fast_answer, full_answer = await policy(fast, up), await policy(full, up)
+        assert shared.gets - before == 2 and up.calls == 2
+        assert fast_answer.body == full_answer.body == b"response 1"
+        assert fast_answer.headers == full_answer.headers
+        assert header(fast_answer, "cache-status") == "gateway; hit; ttl=47; detail=l2"
+        assert header(fast_answer, "age") == "12"
+        assert [(d.action, d.detail) for d in fast.decisions] == [("hit", "l2")]
+        assert [(d.action, d.detail) for d in full.decisions] == [("hit", "l2")]
+        second = await policy(request("GET", "/v", ("Accept", "b")), up)
+        assert second.body == b"response 2" and shared.gets - before == 3
+        assert policy.tiers.l1 is None or len(policy.tiers.l1) == 0  # never promoted
+        # A variant not stored: one read, then upstream (storing the new variant reads
+        # once more, to keep the variants other replicas stored meanwhile).
+        before = shared.gets
+        await policy(request("GET", "/v", ("Accept", "c")), up)
+        assert up.calls == 3 and shared.gets - before == 2
+        # A stale entry: one read, then revalidated with its validator (answered in full).
+        clock.advance(60)
+        before = shared.gets
+        stale = request("GET", "/v", ("Accept", "a"))
+        await policy(stale, up)
+        assert up.calls == 4 and up.header(3, b"if-none-match") == b'"v1"'
+        assert shared.gets - before == 2  # the lookup, and the merge when storing
+        assert [(d.action, d.detail) for d in stale.decisions] == [("miss", "stored")]
+        await policy.stop()
 
     asyncio.run(go())
 

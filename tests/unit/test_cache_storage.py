@@ -57,21 +57,83 @@ def test_stored_headers_drop_per_hop_private_and_tag_fields_and_add_date() -> No
                       b"surrogate-key") == ("a", "b", "c", "d")  # fmt: skip
 
 
+def fields(e: Entry) -> dict[str, object]:
+    return {name: getattr(e, name) for name in Entry.__slots__}
+
+
+def rich_entry(settings: Settings = SETTINGS) -> Entry:
+    """Every optional part present: validators, stale windows, Vary, tags, odd bytes."""
+    headers: Headers = [
+        (b"Cache-Control", b"max-age=60, stale-while-revalidate=30, stale-if-error=90"),
+        (b"Date", format_http_date(T0 - 5)),
+        (b"ETag", b'W/"v1"'),
+        (b"Last-Modified", format_http_date(T0 - 3600)),
+        (b"Vary", b"Accept-Language, X-Empty"),
+        (b"X-Odd", b"nul\x00 and \xff bytes"),
+    ]
+    return Entry(url="/caf\xe9?x=1", host="shop.example", status=203, reason=b"Fine",
+                 headers=headers, body=b"\x00\xff body", request_time=T0 - 1,
+                 response_time=T0, age_value=2, select_names=(b"accept-language", b"x-empty"),
+                 select_values=(b"fr", b""), tags=("t1", "pr\xeft"), heuristics=False,
+                 settings=settings)  # fmt: skip
+
+
 def test_shared_format_round_trip() -> None:
-    one = entry(url="/a?x=1", body=b"one", values=(b"fr", None), tags=("t1",), host="h")
-    two = entry(url="/a?x=1", body=b"\x00\xff two", values=(b"en", b"gzip"))
-    back = load(dump([one, two]), SETTINGS)
-    assert [b.body for b in back] == [b"one", b"\x00\xff two"]
-    assert back[0].select_values == (b"fr", None) and back[0].tags == ("t1",)
-    assert back[0].host == "h" and back[0].headers == one.headers
-    assert back[0].lifetime == one.lifetime and back[0].initial_age == one.initial_age
+    one = rich_entry()
+    two = entry(url="/caf\xe9?x=1", body=b"", values=(None, b"gzip"))
+    blob = dump([one, two], SETTINGS)
+    assert blob is not None and blob[:4] == b"GWC2"
+    assert blob[5] == 1  # X-Odd holds a NUL: the fields are joined by the next byte
+    back = load(blob, SETTINGS)
+    # Every field, derived ones included, as the writer had it.
+    assert [fields(b) for b in back] == [fields(one), fields(two)]
+    assert back[0].etag == b'W/"v1"' and back[0].swr == 30 and back[0].sie == 90
+    assert back[1].select_values == (None, b"gzip") and back[0].select_values == (b"fr", b"")
+
+
+def test_a_reader_with_other_settings_derives_the_facts_again() -> None:
+    other = Settings(heuristic_ttl=5, max_ttl=20, default_swr=1, default_sie=2)
+    blob = dump([rich_entry(), entry()], SETTINGS)
+    assert blob is not None
+    back = load(blob, other)
+    assert [fields(b) for b in back] == [fields(rich_entry(other)), fields(entry_with(other))]
+    assert back[0].lifetime == 20  # capped by the reader's max_ttl, not the writer's
+
+
+def entry_with(settings: Settings) -> Entry:
+    e = entry()
+    return Entry(url=e.url, host=e.host, status=e.status, reason=e.reason, headers=e.headers,
+                 body=e.body, request_time=e.request_time, response_time=e.response_time,
+                 age_value=e.age_value, select_names=e.select_names,
+                 select_values=e.select_values, tags=e.tags, heuristics=e.heuristics,
+                 settings=settings)  # fmt: skip
 
 
 def test_unreadable_shared_values_are_misses() -> None:
-    blob = dump([entry()])
-    assert load(b"", SETTINGS) == [] and load(b"GWC2" + blob[4:], SETTINGS) == []
+    blob = dump([entry()], SETTINGS)
+    assert blob is not None
+    assert load(b"", SETTINGS) == [] and load(b"GWC1" + blob[4:], SETTINGS) == []
+    # The format before GWC2: a JSON list after a length.
+    assert load(b"GWC1\x00\x00\x00\x02[]", SETTINGS) == []
     assert load(blob[:-10], SETTINGS) == []  # a truncated body
-    assert load(blob[:12] + b"{" + blob[13:], SETTINGS) == []  # broken JSON
+    assert load(blob + b"x", SETTINGS) == []  # trailing bytes
+    assert load(blob[:60], SETTINGS) == []  # a truncated record
+    two = dump([entry(), entry()], SETTINGS)
+    assert two is not None
+    assert load(two[:4] + b"\x03" + two[5:], SETTINGS) == []  # a variant missing
+    # One separator less: the block no longer has the fields its counts announce.
+    at = blob.index(b"\x00/a")
+    broken = blob[:at] + b"-" + blob[at + 1 :]
+    assert load(broken, SETTINGS) == []
+
+
+def test_values_the_format_cannot_hold_are_not_written() -> None:
+    every_byte = bytes(range(256))
+    odd = Entry(url="/", host="", status=200, reason=b"OK",
+                headers=[(b"x-all", every_byte), (b"cache-control", b"max-age=60")], body=b"",
+                request_time=T0, response_time=T0, age_value=0, select_names=(),
+                select_values=(), tags=(), heuristics=True, settings=SETTINGS)  # fmt: skip
+    assert dump([odd], SETTINGS) is None and dump([], SETTINGS) is None
 
 
 def test_l1_is_bounded_by_bytes_least_recently_used_first() -> None:
@@ -94,6 +156,16 @@ def test_l1_refuses_what_cannot_fit_and_expires_lazily() -> None:
     assert l1.put("/a", (entry(max_age=10),))
     assert l1.get("/a", T0 + 5) is not None
     assert l1.get("/a", T0 + 11) is None and len(l1) == 0 and l1.bytes == 0
+
+
+def test_l1_refusals_change_nothing_unless_they_replace() -> None:
+    changes: list[tuple[int, int, int]] = []
+    l1 = MemoryTier(1000, lambda *c: changes.append(c))
+    big = (entry(body=b"x" * 2000),)
+    assert not l1.put("/big", big) and not l1.put("/big", ()) and changes == []
+    assert l1.put("/a", (entry(),)) and len(changes) == 1
+    assert not l1.put("/a", big)  # a refused replacement still drops the old copy
+    assert "/a" not in l1 and changes[-1] == (0, 0, 0)
 
 
 def test_l1_url_index_and_selective_removal() -> None:

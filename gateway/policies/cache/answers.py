@@ -31,19 +31,21 @@ class Answers:
         self._hit = self.status_name + b"; hit; ttl=" if self.status_name is not None else None
         self.tags = tags_header.lower().encode() if tags_header else None
 
-    def fresh_hit(self, exchange: Exchange, entry: Entry, now: float) -> Response | None:
-        """``entry``, found in the in-process tier, as the answer to a request that asks
-        nothing of the cache (no directives, no conditions); None when it is not fresh.
+    def fresh_hit(self, exchange: Exchange, entry: Entry, now: float, tier: str) -> Response | None:
+        """``entry``, found in ``tier`` (``l1`` or ``l2``), as the answer to a request that
+        asks nothing of the cache (no directives, no conditions); None when it is not
+        fresh.
 
         The hot path: the arithmetic of :meth:`Entry.age` and :meth:`Entry.ttl` inline,
-        one list built, one decision recorded.
+        one list built, one decision recorded. The same answer as :meth:`serve` with
+        :meth:`hit_status`.
         """
         age = now - entry.response_time
         age = entry.initial_age + (age if age > 0.0 else 0.0)  # RFC 9111 §4.2.3
         ttl = entry.lifetime - age
         if ttl <= 0.0 or entry.no_cache:
             return None
-        exchange.decisions.append(Decision(self.policy, "hit", "l1"))  # Exchange.decide
+        exchange.decisions.append(Decision(self.policy, "hit", tier))  # Exchange.decide
         whole = int(age)
         age_field = (b"age", b"%d" % (whole if whole < DELTA_MAX else DELTA_MAX))
         prefix = self._hit
@@ -51,6 +53,8 @@ class Answers:
             headers = [*entry.send_headers, age_field]
         else:  # ttl > 0: int() rounds down, as the header wants
             status = prefix + b"%d" % int(ttl)
+            if tier != "l1":
+                status += b"; detail=l2"
             headers = [*entry.send_headers, age_field, (b"cache-status", status)]
         body = entry.body if exchange.method != "HEAD" else b""
         return Response(entry.status, headers, body, None, entry.reason)

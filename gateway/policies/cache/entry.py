@@ -1,19 +1,21 @@
 """A stored response: what is kept (and serialised for the shared tier) and what is
 derived from it once, so a hit never parses a stored header again.
 
-The wire format of the shared tier is ``GWC1``, a 4-byte big-endian length, a JSON list
-of variant records, then the variants' bodies back to back. It holds only what was
-received (headers, times, the request's selecting values, tags); freshness is derived
-again by each reader from its own configuration.
+The shared tier's value is ``GWC2``: a fixed head (magic, variant count, the separator
+byte, and the four settings the derived facts depend on), then per variant a fixed
+record of numbers (status, flags, counts, lengths, the size, the times and every derived
+fact: lifetime, initial age, stale windows, validator time, keep), its byte fields
+joined by the separator (a byte that occurs in none of them), and its body. A reader
+whose settings equal the writer's takes the facts as stored: a load parses no header,
+one ``struct`` unpack and one ``split`` per variant. A reader configured otherwise
+derives them again from the stored headers, as :class:`Entry` does for a new response.
+Anything else (``GWC1``, written before this format, included) reads as a miss.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any
-
-import orjson
+from dataclasses import dataclass, field
 
 from gateway.policies.cache.fields import format_http_date
 from gateway.policies.cache.rules import (
@@ -28,7 +30,16 @@ from gateway.policies.cache.rules import (
 )
 from gateway.types import Headers
 
-MAGIC = b"GWC1"
+MAGIC = b"GWC2"
+#: magic, variant count, separator byte, the writer's :attr:`Settings.packed`.
+_HEAD = struct.Struct(">4sBB4d")
+#: status, flags, header / 304-header / selecting-field / tag counts, block and body
+#: lengths, size; request time, response time, Age received, then the derived facts:
+#: lifetime, initial age, stale-while-revalidate, stale-if-error, validator time, keep.
+_VARIANT = struct.Struct(">HBHHHHIIQ9d")
+_NO_CACHE, _MAX_STALE_OK, _STALE_OK, _HEURISTICS, _ETAG, _LAST_MODIFIED = 1, 2, 4, 8, 16, 32
+_SEPARATORS = [bytes((i,)) for i in range(256)]
+_TEXT = "surrogatepass"  # str fields (URL, host, tags) as UTF-8, whatever they hold
 #: Fields never stored: recomputed per hit (age, framing) or about this hop only.
 _NOT_STORED = frozenset(
     {b"age", b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
@@ -64,6 +75,13 @@ class Settings:
     max_ttl: float
     default_swr: float
     default_sie: float
+    #: The four as stored with the derived facts (no heuristic ttl: -1).
+    packed: tuple[float, float, float, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ttl = -1.0 if self.heuristic_ttl is None else float(self.heuristic_ttl)
+        packed = (ttl, float(self.max_ttl), float(self.default_swr), float(self.default_sie))
+        object.__setattr__(self, "packed", packed)
 
     @property
     def stale_cap(self) -> float:
@@ -222,23 +240,6 @@ class Entry:
             settings=settings,
         )
 
-    def record(self) -> dict[str, Any]:
-        return {
-            "u": self.url,
-            "h": self.host,
-            "s": self.status,
-            "r": self.reason.decode("latin-1"),
-            "H": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers],
-            "q": self.request_time,
-            "p": self.response_time,
-            "a": self.age_value,
-            "n": [n.decode("latin-1") for n in self.select_names],
-            "v": [None if v is None else v.decode("latin-1") for v in self.select_values],
-            "t": list(self.tags),
-            "e": self.heuristics,
-            "b": len(self.body),
-        }
-
 
 def stored_headers(
     headers: Headers,
@@ -267,46 +268,158 @@ def parse_tags(headers: Headers, tags_header: bytes | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
-def dump(variants: list[Entry] | tuple[Entry, ...]) -> bytes:
-    meta = orjson.dumps([v.record() for v in variants])
-    return MAGIC + struct.pack(">I", len(meta)) + meta + b"".join(v.body for v in variants)
+def dump(variants: list[Entry] | tuple[Entry, ...], settings: Settings) -> bytes | None:
+    """The shared tier's value for ``variants``, whose facts were derived with ``settings``
+    (see the module docstring); None when the format cannot hold them (no variant, more
+    than 255, a count or length too large, byte fields holding every byte value)."""
+    fields = [_fields(v) for v in variants]
+    sep = _separator(b"".join(b"".join(items) for items in fields))
+    if sep is None or not 0 < len(variants) < 256:
+        return None
+    separator = _SEPARATORS[sep]
+    out = [_HEAD.pack(MAGIC, len(variants), sep, *settings.packed)]
+    for v, items in zip(variants, fields, strict=True):
+        flags = (
+            (_NO_CACHE if v.no_cache else 0)
+            | (_MAX_STALE_OK if v.max_stale_ok else 0)
+            | (_STALE_OK if v.stale_ok else 0)
+            | (_HEURISTICS if v.heuristics else 0)
+            | (_ETAG if v.etag is not None else 0)
+            | (_LAST_MODIFIED if v.last_modified is not None else 0)
+        )
+        block = separator.join(items)
+        try:
+            record = _VARIANT.pack(
+                v.status, flags, len(v.headers), len(v.not_modified_headers),
+                len(v.select_names), len(v.tags), len(block), len(v.body), v.size,
+                v.request_time, v.response_time, v.age_value, v.lifetime, v.initial_age,
+                v.swr, v.sie, v.validator_time, v.keep,
+            )  # fmt: skip
+        except struct.error:
+            return None
+        out += (record, block, v.body)
+    return b"".join(out)
+
+
+def _fields(v: Entry) -> list[bytes]:
+    """The byte fields of a variant, in the order :func:`load` reads them."""
+    items = [v.reason, v.url.encode("utf-8", _TEXT), v.host.encode("utf-8", _TEXT)]
+    if v.etag is not None:
+        items.append(v.etag)
+    if v.last_modified is not None:
+        items.append(v.last_modified)
+    items.extend(v.select_names)
+    # A present value gets a mark, so an empty one differs from an absent one (b"").
+    items.extend(b"" if value is None else b"=" + value for value in v.select_values)
+    items.extend(t.encode("utf-8", _TEXT) for t in v.tags)
+    for pair in v.headers:
+        items += pair
+    for pair in v.not_modified_headers:
+        items += pair
+    return items
+
+
+def _separator(data: bytes) -> int | None:
+    """A byte value that does not occur in ``data`` (NUL, in practice)."""
+    for byte in range(256):
+        if byte not in data:
+            return byte
+    return None
+
+
+_new_entry = Entry.__new__
 
 
 def load(blob: bytes, settings: Settings) -> list[Entry]:
-    """The variants in a shared-tier value; [] for anything unreadable (a miss, not a fault)."""
-    if len(blob) < 8 or blob[:4] != MAGIC:
-        return []
-    (size,) = struct.unpack(">I", blob[4:8])
+    """The variants in a shared-tier value; [] for anything unreadable (a miss, not a fault).
+
+    The hot half of a shared-tier hit: everything but the byte fields comes out of one
+    unpack, and with the writer's settings the derived facts are taken as stored.
+    """
     try:
-        records = orjson.loads(blob[8 : 8 + size])
-        offset = 8 + size
+        head = _HEAD.unpack_from(blob)
+        if head[0] != MAGIC:
+            return []
+        same = head[3:] == settings.packed
+        separator = _SEPARATORS[head[2]]
+        offset = _HEAD.size
         out: list[Entry] = []
-        for rec in records:
-            length = int(rec["b"])
-            body = blob[offset : offset + length]
-            if len(body) != length:
+        for _ in range(head[1]):
+            (status, flags, n_headers, n_not_modified, n_names, n_tags, block_len, body_len,
+             size, request_time, response_time, age_value, lifetime, initial_age, swr, sie,
+             validator_time, keep) = _VARIANT.unpack_from(blob, offset)  # fmt: skip
+            start = offset + _VARIANT.size
+            end = start + block_len
+            offset = end + body_len
+            body = blob[end:offset]
+            parts = blob[start:end].split(separator)
+            i = 3
+            etag = last_modified = None
+            if flags & _ETAG:
+                etag = parts[i]
+                i += 1
+            if flags & _LAST_MODIFIED:
+                last_modified = parts[i]
+                i += 1
+            names: tuple[bytes, ...] = ()
+            values: tuple[bytes | None, ...] = ()
+            if n_names:
+                names = tuple(parts[i : i + n_names])
+                i += n_names
+                values = tuple(v[1:] if v else None for v in parts[i : i + n_names])
+                i += n_names
+            tags: tuple[str, ...] = ()
+            if n_tags:
+                tags = tuple(t.decode("utf-8", _TEXT) for t in parts[i : i + n_tags])
+                i += n_tags
+            stop = i + 2 * n_headers
+            if stop + 2 * n_not_modified != len(parts) or len(body) != body_len:
                 return []
-            offset += length
-            out.append(
-                Entry(
-                    url=str(rec["u"]),
-                    host=str(rec["h"]),
-                    status=int(rec["s"]),
-                    reason=str(rec["r"]).encode("latin-1"),
-                    headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in rec["H"]],
-                    body=body,
-                    request_time=float(rec["q"]),
-                    response_time=float(rec["p"]),
-                    age_value=float(rec["a"]),
-                    select_names=tuple(n.encode("latin-1") for n in rec["n"]),
-                    select_values=tuple(
-                        None if v is None else v.encode("latin-1") for v in rec["v"]
-                    ),
-                    tags=tuple(str(t) for t in rec["t"]),
-                    heuristics=bool(rec["e"]),
-                    settings=settings,
-                )
-            )
+            pairs = iter(parts[i:stop])
+            headers: Headers = list(zip(pairs, pairs, strict=True))
+            pairs = iter(parts[stop:])
+            not_modified: Headers = list(zip(pairs, pairs, strict=True))
+            url = parts[1].decode("utf-8", _TEXT)
+            host = parts[2].decode("utf-8", _TEXT)
+            if not same:  # written under other settings: derive the facts again
+                out.append(
+                    Entry(url=url, host=host, status=status, reason=parts[0], headers=headers,
+                          body=body, request_time=request_time, response_time=response_time,
+                          age_value=age_value, select_names=names, select_values=values,
+                          tags=tags, heuristics=(flags & _HEURISTICS) != 0, settings=settings)
+                )  # fmt: skip
+                continue
+            e = _new_entry(Entry)
+            e.url = url
+            e.host = host
+            e.status = status
+            e.reason = parts[0]
+            e.headers = headers
+            e.body = body
+            e.request_time = request_time
+            e.response_time = response_time
+            e.age_value = age_value
+            e.select_names = names
+            e.select_values = values
+            e.tags = tags
+            e.heuristics = (flags & _HEURISTICS) != 0
+            e.lifetime = lifetime
+            e.initial_age = initial_age
+            e.no_cache = (flags & _NO_CACHE) != 0
+            e.swr = swr
+            e.sie = sie
+            e.max_stale_ok = (flags & _MAX_STALE_OK) != 0
+            e.stale_ok = (flags & _STALE_OK) != 0
+            e.etag = etag
+            e.last_modified = last_modified
+            e.validator_time = validator_time
+            e.keep = keep
+            e.send_headers = [*headers, (b"content-length", b"%d" % body_len)]
+            e.not_modified_headers = not_modified
+            e.size = size
+            out.append(e)
+        if offset != len(blob):
+            return []
         return out
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeError):
+    except (struct.error, IndexError, ValueError, UnicodeError):
         return []

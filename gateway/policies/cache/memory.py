@@ -15,9 +15,9 @@ from gateway.policies.cache.entry import Entry
 class Slot:
     __slots__ = ("expires", "size", "url", "variants")
 
-    def __init__(self, variants: tuple[Entry, ...]) -> None:
+    def __init__(self, variants: tuple[Entry, ...], size: int) -> None:
         self.variants = variants
-        self.size = sum(v.size for v in variants)
+        self.size = size
         self.expires = max(v.expires_at() for v in variants)
         self.url = variants[0].url
 
@@ -56,16 +56,20 @@ class MemoryTier:
         return slot.variants if slot is not None else None
 
     def put(self, key: str, variants: tuple[Entry, ...]) -> bool:
-        """Store ``variants`` under ``key`` (replacing what was there); False if too big."""
+        """Store ``variants`` under ``key`` (replacing what was there); False if too big.
+
+        A refusal that changes nothing costs a sum and a comparison: an L2 hit that L1
+        refuses (too big for it) offers it again on every hit.
+        """
+        size = variants[0].size if len(variants) == 1 else sum(v.size for v in variants)
+        if not variants or size > self.max_bytes:
+            if key in self._data:
+                self._drop(key)
+                self._changed(0)
+            return False
         if key in self._data:
             self._drop(key)
-        if not variants:
-            self._changed(0)
-            return False
-        slot = Slot(variants)
-        if slot.size > self.max_bytes:
-            self._changed(0)
-            return False
+        slot = Slot(variants, size)
         self._data[key] = slot
         self._by_url.setdefault(slot.url, set()).add(key)
         self.bytes += slot.size
@@ -97,7 +101,7 @@ class MemoryTier:
             removed += len(slot.variants) - len(keep)
             self._drop(key)
             if keep:
-                new = Slot(keep)
+                new = Slot(keep, sum(v.size for v in keep))
                 self._data[key] = new
                 self._by_url.setdefault(new.url, set()).add(key)
                 self.bytes += new.size

@@ -159,30 +159,49 @@ class CachePolicy(Policy[CacheConfig]):
             return await self._other_method(exchange, call_next)
         if self._observing:
             return await self._shadow(exchange, call_next)
-        l1 = self.tiers.l1
-        if l1 is not None and asks_nothing(exchange.headers):
-            # The hot path: a request with no directives or conditions, a fresh entry in
-            # memory. Anything else (stale, Vary mismatch, L2) takes the full lookup.
-            now = self.wall()
-            variants = l1.get(self.keys.key_of(exchange), now)
-            if variants is not None:
-                entry = variants[0]
-                found = select(variants, exchange.headers) if entry.select_names else entry
-                if found is not None:
-                    response = self.answers.fresh_hit(exchange, found, now)
-                    if response is not None:
-                        return response
-        return await self._lookup(exchange, call_next)
+        if not asks_nothing(exchange.headers):
+            return await self._lookup(exchange, call_next, None)
+        # The hot path: a request with no directives or conditions, a fresh entry in
+        # memory or in the shared store. Anything else (stale, Vary mismatch, a miss)
+        # takes the full lookup, with what was found here.
+        now = self.wall()
+        primary = self.keys.key_of(exchange)
+        tiers = self.tiers
+        l1 = tiers.l1
+        variants = l1.get(primary, now) if l1 is not None else None
+        if variants is not None:
+            tier = "l1"
+        elif tiers.l2 is not None:
+            variants, tier = await tiers.shared(primary, now)
+        else:
+            variants, tier = (), ""
+        if variants:
+            entry = variants[0]
+            found = select(variants, exchange.headers) if entry.select_names else entry
+            if found is not None:
+                response = self.answers.fresh_hit(exchange, found, now, tier)
+                if response is not None:
+                    return response
+        return await self._lookup(exchange, call_next, (variants, tier, now))
 
-    async def _lookup(self, exchange: Exchange, call_next: Handler) -> Response:
-        """Every GET and HEAD the hot path did not answer: both tiers, the request's own
-        directives and conditions, then a hit, a stale entry or a miss."""
+    async def _lookup(
+        self,
+        exchange: Exchange,
+        call_next: Handler,
+        found: tuple[tuple[Entry, ...], str, float] | None,
+    ) -> Response:
+        """Every GET and HEAD the hot path did not answer: both tiers (unless the hot
+        path already ``found`` what they hold), the request's own directives and
+        conditions, then a hit, a stale entry or a miss."""
         ask = Ask(exchange, call_next, self.keys, self._honor)
         if ask.precondition:  # If-Match / If-Unmodified-Since: only the origin can answer
             exchange.decide(self.name, "bypass", "precondition")
             return await self.filler.fetch(ask, FWD_REQUEST)
-        now = self.wall()
-        variants, tier = await self.tiers.get(ask.primary, now)
+        if found is None:
+            now = self.wall()
+            variants, tier = await self.tiers.get(ask.primary, now)
+        else:
+            variants, tier, now = found
         entry = select(variants, exchange.headers) if variants else None
         if entry is None:
             return await self.filler.miss(ask, FWD_VARY_MISS if variants else FWD_URI_MISS)
