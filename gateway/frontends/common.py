@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from gateway.exchange import Exchange, Response
@@ -27,16 +29,23 @@ def framed_headers(
 
     A whole body gets its own Content-Length; a streamed one keeps the upstream's
     Content-Length or none (then chunked, or close-delimited for HTTP/1.0). HEAD, 204
-    and 304 keep their headers as they are.
+    and 304 keep their headers as they are. ``Date`` is added when missing.
     """
+    dated = False
     if not body_allowed(exchange.method, response.status):
-        return response.headers, 0
+        for key, _ in response.headers:
+            if len(key) == 4 and key.lower() == b"date":
+                return response.headers, 0
+        return [*response.headers, (b"date", http_date())], 0
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
     whole = response.stream is None
     for key, value in response.headers:
         size = len(key)
-        if size == 14 or size == 17:  # only these can be framing: lower-case just them
+        if size == 4:
+            if not dated and key.lower() == b"date":
+                dated = True
+        elif size == 14 or size == 17:  # only these can be framing: lower-case just them
             lk = key.lower()
             if lk == b"content-length":
                 if whole or length is not None:
@@ -51,7 +60,25 @@ def framed_headers(
     if whole:
         length = len(response.body)
         headers.append((b"content-length", b"%d" % length))
+    if not dated:
+        headers.append((b"date", http_date()))
     return headers, length
+
+
+_date = (-1, b"")  # the last whole second formatted, and its text
+
+
+def http_date() -> bytes:
+    """The current time as an HTTP ``Date`` value, formatted once per second.
+
+    RFC 9110 6.6.1: a proxy adds ``Date`` to a response that lacks one, and the gateway
+    is the origin of its own answers (problem+json, cache hits).
+    """
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode())
+    return _date[1]
 
 
 def finish(snapshot: Snapshot, exchange: Exchange, status: int, bytes_out: int) -> None:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -62,6 +63,8 @@ def test_unmatched_is_404_and_wrong_method_is_405(
     status, headers, body = gw.request("POST", "/users/1", body=b"x")
     assert_problem(status, headers, body, 405, "method-not-allowed")
     assert headers["allow"] == "GET, HEAD"
+    # RFC 9110 6.6.1: the gateway is the origin of its own answers, which carry Date.
+    assert parsedate_to_datetime(headers["date"]).year >= 2024
 
 
 def test_request_bodies_fixed_and_chunked(gateway: Gateway) -> None:

@@ -1007,6 +1007,9 @@ def test_framing_matches_framed_headers(index: int) -> None:
     expected_headers, expected_length = framed_headers(exchange, response)
     parts, length, dated = framed_head(response, body_allowed(method, response.status))
     lines = b"".join(parts).split(b"\r\n")[:-1]
+    if not dated:  # framed_headers adds Date; the native front-end appends its own line
+        assert expected_headers[-1][0] == b"date"
+        expected_headers = expected_headers[:-1]
     assert [tuple(line.split(b": ", 1)) for line in lines] == expected_headers
     assert length == expected_length
-    assert dated == any(k.lower() == b"date" for k, _ in expected_headers)
+    assert dated == any(k.lower() == b"date" for k, _ in response.headers)
