@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import orjson
 
-from gateway.exchange import Exchange
+from gateway.exchange import Decision, Exchange
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}  # fmt: skip
@@ -56,8 +56,9 @@ def setup_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
     root.propagate = False
 
 
-#: Buffered access lines are written out at this size, or 100 ms after the first one.
-FLUSH_BYTES = 64 * 1024
+#: Requests whose access lines wait to be formatted and written together, at most; they
+#: are also written 100 ms after the first of them.
+BATCH = 256
 _ACCESS = (
     b'{"time":"%s.%03dZ","type":"access","route":%s,"method":%s,"path":%s,"status":%d,'
     b'"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,"upstream_ms":%.3f,'
@@ -89,21 +90,29 @@ def _decision(policy: str, action: str, shadow: bool) -> bytes:
     return encoded
 
 
+# What a request leaves for its access line: every field is an immutable value read when
+# the request ended, so the line can be formatted later.
+_Record = tuple[
+    float, str, str, str, int, int, int, float, float, str, str, "list[Decision]"
+]  # time, route, method, path, status, bytes in, bytes out, duration, upstream, ip, trace
+
+
 class AccessLog:
     """Buffered JSON-lines access log.
 
-    A line is formatted straight into bytes (only the path, the one free-form field, is
-    JSON-escaped per request), and the buffer is written out once it holds
-    :data:`FLUSH_BYTES` or 100 ms after its first line, whichever comes first, so its
-    memory is reused rather than grown.
+    A request only records its fields (one tuple); the lines are formatted and written
+    together, :data:`BATCH` at a time or 100 ms after the first, whichever comes first.
+    Formatting in a batch costs a few microseconds less per request than formatting
+    between two requests' network work, and keeps it off the response path. A line is
+    formatted straight into bytes: only the path, the one free-form field, is
+    JSON-escaped per line.
     """
 
     def __init__(self, enabled: bool, fmt: str = "json", stream: IO[bytes] | None = None) -> None:
         self.enabled = enabled
         self.text = fmt == "text"
         self._stream = stream if stream is not None else sys.stdout.buffer
-        self._buffer: list[bytes] = []
-        self._size = 0
+        self._records: list[_Record] = []
         self._scheduled = False
         self._second = -1
         self._stamp = b""
@@ -113,43 +122,13 @@ class AccessLog:
     ) -> None:
         if not self.enabled:
             return
-        if self.text:
-            path = exchange.path
-            if not path.isprintable():  # a decoded %0A must not forge a log line
-                path = path.encode("unicode_escape").decode("ascii")
-            line = (
-                f'{exchange.client_ip} "{exchange.method} {path}" {status} '
-                f"{bytes_out} {duration * 1000:.2f}ms route={route} trace={exchange.trace_id}\n"
-            ).encode()
-        else:
-            now = time.time()
-            whole = int(now)
-            if whole != self._second:
-                self._second = whole
-                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
-            line = _ACCESS % (
-                self._stamp,
-                int((now - whole) * 1000),
-                _json(route),
-                _json(exchange.method),
-                orjson.dumps(exchange.path),
-                status,
-                exchange.bytes_in,
-                bytes_out,
-                duration * 1000,
-                exchange.upstream_duration * 1000,
-                _json(exchange.client_ip),
-                exchange.trace_id.encode(),
-            )
-            decisions = exchange.decisions
-            if decisions:
-                listed = b",".join([_decision(d.policy, d.action, d.shadow) for d in decisions])
-                line += b',"decisions":[' + listed + b"]}\n"
-            else:
-                line += b"}\n"
-        self._buffer.append(line)
-        self._size += len(line)
-        if self._size >= FLUSH_BYTES:
+        records = self._records
+        records.append((
+            time.time(), route, exchange.method, exchange.path, status, exchange.bytes_in,
+            bytes_out, duration, exchange.upstream_duration, exchange.client_ip,
+            exchange.trace_id, exchange.decisions,
+        ))  # fmt: skip
+        if len(records) >= BATCH:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
@@ -163,13 +142,54 @@ class AccessLog:
         self.flush()
 
     def flush(self) -> None:
-        if not self._buffer:
+        records = self._records
+        if not records:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        self._size = 0
+        self._records = []
+        lines = [self._text(r) for r in records] if self.text else self._json_lines(records)
         try:
-            self._stream.write(data)
+            self._stream.write(b"".join(lines))
             self._stream.flush()
         except (OSError, ValueError):
             pass  # stdout closed: logging must never break serving
+
+    def _json_lines(self, records: list[_Record]) -> list[bytes]:
+        lines = []
+        dumps = orjson.dumps
+        for now, route, method, path, status, bytes_in, bytes_out, duration, upstream, ip, \
+                trace, decisions in records:  # fmt: skip
+            whole = int(now)
+            if whole != self._second:
+                self._second = whole
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
+            line = _ACCESS % (
+                self._stamp,
+                int((now - whole) * 1000),
+                _json(route),
+                _json(method),
+                dumps(path),
+                status,
+                bytes_in,
+                bytes_out,
+                duration * 1000,
+                upstream * 1000,
+                _json(ip),
+                trace.encode(),
+            )
+            if decisions:
+                listed = b",".join([_decision(d.policy, d.action, d.shadow) for d in decisions])
+                line += b',"decisions":[' + listed + b"]}\n"
+            else:
+                line += b"}\n"
+            lines.append(line)
+        return lines
+
+    @staticmethod
+    def _text(record: _Record) -> bytes:
+        _, route, method, path, status, _, bytes_out, duration, _, ip, trace, _ = record
+        if not path.isprintable():  # a decoded %0A must not forge a log line
+            path = path.encode("unicode_escape").decode("ascii")
+        return (
+            f'{ip} "{method} {path}" {status} '
+            f"{bytes_out} {duration * 1000:.2f}ms route={route} trace={trace}\n"
+        ).encode()

@@ -7,7 +7,7 @@ import io
 import json
 
 from gateway.exchange import Exchange
-from gateway.observability.logs import FLUSH_BYTES, AccessLog
+from gateway.observability.logs import BATCH, AccessLog
 
 
 def _exchange(target: bytes, method: str = "GET") -> Exchange:
@@ -66,11 +66,23 @@ def test_the_buffer_is_written_out_at_its_bound() -> None:
         while not stream.getvalue():
             log.write(exchange, 200, 1, 0.001, "r")
             written += 1
-            assert written < FLUSH_BYTES // 200 + 2, "the buffer grew past its bound"
+            assert written <= BATCH, "the buffer grew past its bound"
+        assert written == BATCH
         log.flush()
         assert len(_lines(stream)) == written
 
     asyncio.run(scenario())
+
+
+def test_text_format() -> None:
+    stream = io.BytesIO()
+    log = AccessLog(True, "text", stream=stream)
+    log.write(_exchange(b"/a%0Ab"), 200, 3, 0.0015, "r")
+    log.flush()
+    (line,) = stream.getvalue().splitlines()
+    assert line == (
+        b'10.0.0.7 "GET /a\\nb" 200 3 1.50ms route=r trace=4bf92f3577b34da6a3ce929d0e0e4736'
+    )
 
 
 def test_disabled_writes_nothing() -> None:
