@@ -35,7 +35,7 @@ from gateway.routing import Route, Router
 from gateway.stores import Stores
 from gateway.transport.forward import UpstreamPool, make_forwarder
 from gateway.transport.headers import parse_networks, resolve_client_ip
-from gateway.types import Clock
+from gateway.types import Clock, Handler
 
 log = logging.getLogger("gateway")
 
@@ -80,6 +80,22 @@ class Snapshot:
         ``upgrade_gate``: run the route's policies for a WebSocket handshake that the
         front-end relays itself (ASGI mode); a ``101`` answer means "go ahead".
         """
+        handler = self.resolve(exchange, upgrade_gate=upgrade_gate)
+        if isinstance(handler, Response):
+            return handler
+        try:
+            return await handler(exchange)
+        except ClientGone:
+            raise  # nobody to answer: the front-end ends the request (499)
+        except Exception as exc:
+            return self.failed(exchange, exc)
+
+    def resolve(self, exchange: Exchange, *, upgrade_gate: bool = False) -> Response | Handler:
+        """The first half of :meth:`dispatch`: the route's handler, or the answer (404/405).
+
+        The native front-end awaits the handler itself (one coroutine frame less on every
+        resume of the request's task) and maps its failures with :meth:`failed`.
+        """
         if self.trusted:
             exchange.client_ip = resolve_client_ip(exchange.peer_ip, exchange.headers, self.trusted)
         traceparent = exchange.header(b"traceparent")
@@ -101,25 +117,25 @@ class Snapshot:
         exchange.path_params = match.params
         handler = route.upgrade_gate if upgrade_gate else route.handler
         assert handler is not None
-        try:
-            return await handler(exchange)
-        except UpstreamError as exc:
+        return handler
+
+    def failed(self, exchange: Exchange, exc: Exception) -> Response:
+        """The answer for what a route's handler raised (never called for ClientGone)."""
+        name = exchange.route.name if exchange.route is not None else "none"
+        if isinstance(exc, UpstreamError):
             return upstream_error_response(exchange, exc)
-        except StoreError as exc:
-            log.warning("route %s: store error reached the edge: %s", route.name, exc)
+        if isinstance(exc, StoreError):
+            log.warning("route %s: store error reached the edge: %s", name, exc)
             return problem_response(exchange, 503, "store-unavailable", "Service Unavailable",
                                     "a state store is unavailable")  # fmt: skip
-        except ClientGone:
-            raise  # nobody to answer: the front-end ends the request (499)
-        except GatewayError as exc:
-            log.error("route %s: %s", route.name, exc)
+        if isinstance(exc, GatewayError):
+            log.error("route %s: %s", name, exc)
             return problem_response(exchange, 502, "gateway-error", "Bad Gateway", str(exc))
-        except Exception:
-            log.exception("route %s: unexpected error (trace %s)", route.name, exchange.trace_id)
-            return problem_response(
-                exchange, 500, "internal", "Internal Server Error",
-                "the gateway failed to handle this request; see its log for the trace id",
-            )  # fmt: skip
+        log.error("route %s: unexpected error (trace %s)", name, exchange.trace_id, exc_info=exc)
+        return problem_response(
+            exchange, 500, "internal", "Internal Server Error",
+            "the gateway failed to handle this request; see its log for the trace id",
+        )  # fmt: skip
 
     def finish(self, exchange: Exchange, status: int, bytes_out: int) -> None:
         """Called by the front-end after the last response byte: metrics, log, callbacks."""

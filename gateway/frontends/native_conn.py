@@ -368,11 +368,19 @@ class HttpConnection(asyncio.Protocol):
             try:
                 response = pending.error
                 if response is None and pending.malformed is None:
-                    try:
-                        response = await snapshot.dispatch(pending.exchange)
-                    except ClientGone:
-                        if pending.malformed is None:
-                            raise
+                    # snapshot.dispatch, inlined: one coroutine frame less per resume.
+                    exchange = pending.exchange
+                    handler = snapshot.resolve(exchange)
+                    if isinstance(handler, Response):
+                        response = handler
+                    else:
+                        try:
+                            response = await handler(exchange)
+                        except ClientGone:
+                            if pending.malformed is None:
+                                raise
+                        except Exception as exc:
+                            response = snapshot.failed(exchange, exc)
                 if pending.malformed is not None:  # the body broke while the chain ran
                     if response is not None:
                         await response.aclose()
