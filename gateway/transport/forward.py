@@ -79,13 +79,21 @@ _SCHEMES = {"http": b"http", "https": b"https"}
 
 
 def request_headers(
-    exchange: Exchange, target: Target, host_mode: str, trusted: tuple[IPNetwork, ...]
+    exchange: Exchange,
+    target: Target,
+    host_mode: str,
+    trusted: tuple[IPNetwork, ...],
+    listed: frozenset[bytes] | None = None,
 ) -> tuple[Headers, bool]:
     """Headers for the upstream, and whether this is a protocol upgrade request.
 
-    One pass for the common request, which has no ``Connection`` header; one that has
-    goes through :func:`_listed_request_headers`, which first reads the tokens it lists.
+    ``listed``: the tokens of the request's ``Connection`` header, also hop-by-hop. The
+    common request has none, so the first pass does not look for them; meeting a
+    ``Connection`` header, it starts again with its tokens.
     """
+    upgrade = (
+        listed is not None and b"upgrade" in listed and exchange.header(b"upgrade") is not None
+    )
     if host_mode == "preserve":
         host = exchange.host or target.authority
     elif host_mode == "upstream":
@@ -99,11 +107,15 @@ def request_headers(
     for key, value in exchange.headers:
         name = key.lower()
         if name not in _SPECIAL:  # the common case: an end-to-end field, passed on
-            out.append((key, value))
+            if listed is None or name not in listed:
+                out.append((key, value))
             continue
         if name in HOP_BY_HOP:
-            if name == b"connection":
-                return _listed_request_headers(exchange, target, host_mode, trusted)
+            if listed is None and name == b"connection":
+                tokens = connection_tokens(exchange.headers)
+                return request_headers(exchange, target, host_mode, trusted, tokens)
+            if upgrade and name == b"upgrade":
+                out.append((key, value))
             continue
         if name in FORWARDING:
             if believe is None:
@@ -128,8 +140,8 @@ def request_headers(
     else:
         xff.append(peer)
         out.append((b"x-forwarded-for", b", ".join(xff)))
-    _forwarding_tail(exchange, out, host, proto, forwarded_host)
-    return out, False
+    _forwarding_tail(exchange, out, host, proto, forwarded_host, upgrade)
+    return out, upgrade
 
 
 def _forwarding_tail(
@@ -156,54 +168,6 @@ def _forwarding_tail(
             out.append((b"content-length", b"%d" % len(body)))
     elif exchange.content_length is not None:
         out.append((b"content-length", b"%d" % exchange.content_length))
-
-
-def _listed_request_headers(
-    exchange: Exchange, target: Target, host_mode: str, trusted: tuple[IPNetwork, ...]
-) -> tuple[Headers, bool]:
-    """:func:`request_headers` for a request with a ``Connection`` header."""
-    headers = exchange.headers
-    listed = connection_tokens(headers)
-    upgrade = b"upgrade" in listed and exchange.header(b"upgrade") is not None
-    believe = trusted and is_trusted(exchange.peer_ip, trusted)
-    out: Headers = []
-    xff: list[bytes] = []
-    proto = forwarded_host = None
-    for key, value in headers:
-        name = key.lower()
-        if name not in _SPECIAL:
-            if name not in listed:
-                out.append((key, value))
-            continue
-        if name in HOP_BY_HOP:
-            if upgrade and name == b"upgrade":
-                out.append((key, value))
-            continue
-        if name in FORWARDING:
-            if believe:
-                if name == b"x-forwarded-for":
-                    xff.append(value)
-                elif name == b"x-forwarded-proto":
-                    proto = value
-                elif name == b"x-forwarded-host":
-                    forwarded_host = value
-                else:
-                    out.append((key, value))
-            continue
-        if name == b"host" or name == b"content-length":
-            continue
-        out.append((key, value))
-    if host_mode == "preserve":
-        host = exchange.host or target.authority
-    elif host_mode == "upstream":
-        host = target.authority
-    else:
-        host = host_mode.encode("latin-1")
-    xff.append(exchange.peer_ip.encode("latin-1"))
-    out.insert(0, (b"host", host))
-    out.append((b"x-forwarded-for", b", ".join(xff)))
-    _forwarding_tail(exchange, out, host, proto, forwarded_host, upgrade)
-    return out, upgrade
 
 
 def response_headers(response: Response) -> None:
