@@ -225,3 +225,21 @@ def test_advertised_quota_and_window_are_whole_and_never_generous(
     parsed = parse_rate(rate)
     assert advertised(parsed) == (q, w)
     assert q / w <= parsed.per_second + 1e-9
+
+
+def test_a_fresh_bucket_admits_its_first_request_whatever_the_clock_reads() -> None:
+    # At this clock value (t + interval) - interval rounds above t in floating point:
+    # computing the bucket's edge that way refused the first request of a fresh bucket.
+    clock = Clock(3806.4001756786247)
+    now = clock.now * 1e6
+    assert (now + 3.6e9) - 3.6e9 > now  # the rounding this test is about
+    tb = compile_algorithm("token_bucket", parse_rate("1/h"), None)
+    mem = store(clock)
+    compiled = tb.in_memory(mem)
+    assert compiled("k")[0] == 1
+    assert compiled("k")[0] == 0
+    assert check(store(clock), tb)[0] == 1  # the script twin as well
+    for burst in (1, 2, 7):
+        for rate in ("3/s", "1/h", "100/s", "7/m"):
+            fresh = compile_algorithm("token_bucket", parse_rate(rate), burst)
+            assert fresh.in_memory(store(clock))("k")[0] == 1, (rate, burst)

@@ -60,7 +60,10 @@ def token_bucket_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
     """Twin of ``rl_token_bucket.lua``, compiled for ``store`` and ``args``."""
     data, clock, move = store.entries, store.clock, store.entries.move_to_end
     interval, burst = float(args[0]), float(args[1])
-    size = interval * burst
+    # allow_at = new_tat - interval * burst, computed as tat - interval * (burst - 1): adding
+    # the interval and taking it away again can round above tat, which refused the first
+    # request of a fresh bucket of burst 1 whenever the clock's value rounded that way.
+    head_room = interval * (burst - 1)
 
     def check(key: str) -> Verdict:
         t = clock()
@@ -77,7 +80,7 @@ def token_bucket_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
                 if isinstance(stored, float) and stored > now:
                     tat = stored
         new_tat = tat + interval
-        allow_at = new_tat - size
+        allow_at = tat - head_room
         if now < allow_at:
             return [0, 0, ceil((tat - now) / 1000), ceil((allow_at - now) / 1000)]
         # MemoryStore.save; a found key is already the most recent.

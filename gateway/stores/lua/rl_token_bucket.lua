@@ -13,7 +13,9 @@ if tat < now then
   tat = now
 end
 local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
+-- tat - interval * (burst - 1), not new_tat - interval * burst: adding the interval and
+-- taking it away again can round above tat and refuse a fresh bucket's first request.
+local allow_at = tat - interval * (burst - 1)
 if now < allow_at then
   return {0, 0, math.ceil((tat - now) / 1000), math.ceil((allow_at - now) / 1000)}
 end
