@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from random import randbytes as _random_bytes
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -295,13 +295,9 @@ class Exchange:
         self._complete.append(callback)
 
     @property
-    def complete_callbacks(self) -> list[CompleteCallback]:
-        return self._complete or []
-
-    @property
-    def pending_callbacks(self) -> list[CompleteCallback] | None:
-        """The callbacks :meth:`on_complete` registered, or None (the common case)."""
-        return self._complete
+    def complete_callbacks(self) -> Sequence[CompleteCallback]:
+        """What :meth:`on_complete` registered (usually nothing: an empty tuple, no list)."""
+        return self._complete or ()
 
 
 #: Whether a path may need normalizing: an escape, a dot segment or an empty segment.

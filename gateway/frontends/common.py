@@ -87,10 +87,7 @@ def finish(snapshot: Snapshot, exchange: Exchange, status: int, bytes_out: int) 
         snapshot.finish(exchange, status, bytes_out)
     except Exception:
         log.exception("request bookkeeping failed")
-    callbacks = exchange.pending_callbacks
-    if callbacks is None:
-        return
-    for callback in callbacks:
+    for callback in exchange.complete_callbacks:
         try:
             result = callback(exchange, status)
         except Exception:

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from email.utils import formatdate
 
 from gateway.config.models import GatewayConfig, split_host_port
+from gateway.frontends.common import http_date
 from gateway.frontends.native_conn import HttpConnection
 from gateway.runtime import Runtime
 
@@ -49,7 +48,7 @@ class NativeFrontend:
         self._servers: list[asyncio.Server] = []
         self._reaper: asyncio.TimerHandle | None = None
         self._emptied: asyncio.Future[None] | None = None
-        self._date_second = -1
+        self._date_value = b""
         self._date = b""
         limits = self.limits
         shortest = min(limits.header_timeout, limits.body_timeout, limits.keepalive_timeout)
@@ -108,10 +107,10 @@ class NativeFrontend:
 
     def date_line(self) -> bytes:
         """``date: ...`` for responses that carry none, formatted once per second."""
-        now = int(time.time())
-        if now != self._date_second:
-            self._date_second = now
-            self._date = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        value = http_date()
+        if value is not self._date_value:  # a new second: http_date formatted a new value
+            self._date_value = value
+            self._date = b"date: " + value + b"\r\n"
         return self._date
 
     def _reap(self) -> None:
