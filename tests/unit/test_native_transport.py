@@ -41,6 +41,7 @@ from gateway.transport.native import NativeTransport
 from gateway.transport.native_conn import Connection
 from gateway.transport.native_streams import HIGH_WATER, Incoming
 from gateway.types import Headers
+from tests.integration.harness import free_port
 
 T = TypeVar("T")
 Runner = Callable[[Coroutine[Any, Any, T]], T]
@@ -291,12 +292,6 @@ async def eventually(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not met within 3s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- keep-alive and the pool ----------------------------------------------------------
