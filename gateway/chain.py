@@ -19,15 +19,18 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
-from gateway.exchange import Exchange, Response
+from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.base import Policy
 from gateway.types import Handler
 
 
 def _mark_shadow(exchange: Exchange, since: int) -> None:
+    # Replaced, not changed in place: a policy may record one Decision object it keeps.
     decisions = exchange.decisions
     for i in range(since, len(decisions)):
-        decisions[i].shadow = True
+        d = decisions[i]
+        if not d.shadow:
+            decisions[i] = Decision(d.policy, d.action, d.detail, shadow=True)
 
 
 def _enforcing(policy: Policy[Any], call_next: Handler) -> Handler:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from random import randbytes as _random_bytes
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.types import Headers
+from gateway.types import Header, Headers
 
 if TYPE_CHECKING:
     from gateway.routing import Route
@@ -149,7 +149,8 @@ class Decision:
     """One policy's verdict on a request, for metrics, spans, logs and explain.
 
     A plain slotted class: one is made per policy per request (a frozen dataclass
-    costs four times as much to build).
+    costs four times as much to build), or made once and recorded for every request it
+    applies to; so nothing changes a Decision once it is recorded.
     """
 
     __slots__ = ("action", "detail", "policy", "shadow")
@@ -206,6 +207,7 @@ class Exchange:
         "peer_ip",
         "query",
         "raw_target",
+        "response_fields",
         "route",
         "scheme",
         "scratch",
@@ -264,6 +266,9 @@ class Exchange:
         self.trace_id = ""
         self.upstream_duration = 0.0
         self.bytes_in = 0
+        #: Header fields a policy adds to whatever answer the request gets (a rate
+        #: limiter's ``RateLimit``); the front-end appends them: see :meth:`answered`.
+        self.response_fields: tuple[Header, ...] = ()
         self._complete: list[CompleteCallback] | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -272,6 +277,21 @@ class Exchange:
 
     def decide(self, policy: str, action: str, detail: str = "") -> None:
         self.decisions.append(Decision(policy, action, detail))
+
+    def add_response_fields(self, fields: tuple[Header, ...]) -> None:
+        """Fields for the answer, whoever gives it (the upstream, a policy, an error).
+
+        A policy that only adds fields on the way out need not wait for the response,
+        so it needs no coroutine frame of its own around the rest of the chain.
+        """
+        self.response_fields += fields
+
+    def answered(self, response: Response) -> Response:
+        """``response`` with the fields policies added (called once, by the front-end)."""
+        fields = self.response_fields
+        if fields:
+            response.headers.extend(fields)
+        return response
 
     async def read_body(self, limit: int) -> bytes | None:
         """The whole request body if it fits in ``limit`` bytes, else None.

@@ -84,11 +84,11 @@ class Snapshot:
         if isinstance(handler, Response):
             return handler
         try:
-            return await handler(exchange)
+            return exchange.answered(await handler(exchange))
         except ClientGone:
             raise  # nobody to answer: the front-end ends the request (499)
         except Exception as exc:
-            return self.failed(exchange, exc)
+            return exchange.answered(self.failed(exchange, exc))
 
     def resolve(self, exchange: Exchange, *, upgrade_gate: bool = False) -> Response | Handler:
         """The first half of :meth:`dispatch`: the route's handler, or the answer (404/405).

@@ -375,12 +375,12 @@ class HttpConnection(asyncio.Protocol):
                         response = handler
                     else:
                         try:
-                            response = await handler(exchange)
+                            response = exchange.answered(await handler(exchange))
                         except ClientGone:
                             if pending.malformed is None:
                                 raise
                         except Exception as exc:
-                            response = snapshot.failed(exchange, exc)
+                            response = exchange.answered(snapshot.failed(exchange, exc))
                 if pending.malformed is not None:  # the body broke while the chain ran
                     if response is not None:
                         await response.aclose()

@@ -1,12 +1,14 @@
 """What every policy is: a frozen config model and one coroutine in the onion.
 
 ``async def __call__(self, exchange, call_next) -> Response``: answer by itself,
-call ``call_next`` once or several times, or replace the response on the way out.
+call ``call_next`` once or several times, or replace the response on the way out
+(or add fields to whatever answer the request gets: ``exchange.add_response_fields``).
 ``mode: shadow`` is handled by the chain runner (gateway.chain), not by policies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -95,5 +97,8 @@ class Policy(Generic[C]):
     async def stop(self) -> None:
         """Called once when the snapshot holding this policy is retired."""
 
-    async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+    def __call__(self, exchange: Exchange, call_next: Handler) -> Awaitable[Response]:
+        """Usually an ``async def``. A policy that decides without waiting may be a plain
+        method returning ``call_next(exchange)`` itself, which spares the request's task a
+        coroutine frame on every resume."""
         raise NotImplementedError  # pragma: no cover - abstract

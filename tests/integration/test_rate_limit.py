@@ -94,6 +94,26 @@ def test_429_with_header_fields_and_the_upstream_never_sees_it(
     assert decisions(gw, "rate_limit:per-ip", "allow") == 3
 
 
+def test_the_gateways_own_answer_to_an_admitted_request_carries_ratelimit(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    # Nothing listens on the upstream's port: the admitted request gets the gateway's 502,
+    # and the client still learns how much of its quota is left.
+    config = config_with(upstream, frontend, {})
+    config["upstreams"]["gone"] = {"url": f"http://127.0.0.1:{free_port()}"}
+    rule = {"name": "per-ip", "rate": "2/h", "algorithm": "fixed_window"}
+    config["routes"].insert(0, {
+        "name": "gone", "match": {"prefix": "/gone"}, "upstream": "gone",
+        "policies": {"rate_limit": [rule]},
+    })  # fmt: skip
+    gw = start_gateway(config)
+    answers = [gw.request("GET", "/gone") for _ in range(3)]
+    assert [status for status, _, _ in answers] == [502, 502, 429]
+    assert [h["ratelimit"].split(";")[1] for _, h, _ in answers] == ["r=1", "r=0", "r=0"]
+    assert all(h["ratelimit-policy"] == '"per-ip";q=2;w=3600' for _, h, _ in answers)
+    assert answers[0][1]["content-type"] == "application/problem+json"
+
+
 def test_shadow_records_the_decision_and_lets_the_request_pass(
     start_gateway: GatewayFactory, upstream: Upstream, frontend: str
 ) -> None:

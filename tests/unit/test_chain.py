@@ -1,12 +1,12 @@
 """The chain runner: onion order, answering, calling once or several times, shadow mode."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from gateway.chain import build_chain
-from gateway.exchange import Exchange, Response
+from gateway.exchange import Decision, Exchange, Response
 from gateway.observability.metrics import Metrics
 from gateway.policies.base import BuildContext, Policy, PolicyConfig
 from gateway.stores import Stores
@@ -184,3 +184,32 @@ def test_noop_policy_config_surface(tmp_path: Any) -> None:
     assert set(REGISTRY) <= set(ORDER)
     assert ORDER.index("rate_limit") < ORDER.index("validate") < ORDER.index("cache")
     assert ORDER.index("cache") < ORDER.index("retry") < ORDER.index("circuit_breaker")
+
+
+class Keep(Policy[PolicyConfig]):
+    """Records the same Decision object for every request, as the rate limiter does."""
+
+    name: ClassVar[str] = "keep"
+    config_model = PolicyConfig
+
+    def __init__(self, config: PolicyConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        self.allowed = Decision(self.name, "allow")
+
+    def __call__(self, exchange: Exchange, call_next: Handler) -> Awaitable[Response]:
+        exchange.decisions.append(self.allowed)
+        exchange.add_response_fields(((b"x-kept", b"1"),))
+        return call_next(exchange)
+
+
+def test_a_shadow_policy_above_never_changes_a_decision_another_request_shares() -> None:
+    final, _ = terminal([200])
+    kept = Keep(enforce(), ctx())
+    below_shadow = build_chain([Trace(shadow(), ctx()), kept], final)
+    response, first = run(below_shadow)
+    assert first.decisions == [Decision("keep", "allow", shadow=True)]
+    assert response.headers == []  # added by the front-end: Exchange.answered
+    assert first.answered(response).headers == [(b"x-kept", b"1")]
+    _, second = run(build_chain([kept], final))
+    assert second.decisions == [Decision("keep", "allow")]
+    assert kept.allowed.shadow is False

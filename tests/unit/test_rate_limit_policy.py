@@ -96,7 +96,8 @@ class Harness:
             for _ in range(n):
                 raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
                 exchange = Exchange("GET", b"/x", raw, "198.51.100.4")
-                out.append((await handler(exchange), exchange))
+                # What a front-end sends: the chain's answer plus the fields policies added.
+                out.append((exchange.answered(await handler(exchange)), exchange))
             return out
 
         return asyncio.run(go())
