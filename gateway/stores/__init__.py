@@ -27,7 +27,9 @@ ScriptArg = int | float | str | bytes
 
 @runtime_checkable
 class KeyValue(Protocol):
-    async def get(self, key: str) -> bytes | None: ...
+    def get(self, key: str) -> Awaitable[bytes | None]:
+        """The value, or None (an ``async def`` will do)."""
+        ...
 
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
 
@@ -41,7 +43,9 @@ class Counters(Protocol):
 
 @runtime_checkable
 class Scripts(Protocol):
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> object: ...
+    def run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Awaitable[object]:
+        """The script's reply (an ``async def`` will do)."""
+        ...
 
 
 @runtime_checkable

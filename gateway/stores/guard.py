@@ -1,8 +1,9 @@
 """How a policy survives its store: bounded calls, counted and rate-limited logging.
 
-A policy wraps each store call in :meth:`StoreGuard.call`; a failure or timeout
-returns ``None`` after counting ``gateway_store_errors_total{store,policy}`` and
-logging at most once per ``log_interval``. The policy then applies its declared
+A policy wraps each store call in :meth:`StoreGuard.call`, or on a hot path awaits the
+call itself and hands a StoreError to :meth:`StoreGuard.failed`; a failure or timeout
+is counted in ``gateway_store_errors_total{store,policy}`` and logged at most once per
+``log_interval``. The policy then applies its declared
 ``on_store_error`` (allow, deny, local_share, ...): the guard never decides that.
 """
 

@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway.config.models import StoreSpec
 from gateway.errors import StoreError
 from gateway.stores import ScriptArg
-from gateway.stores.resp import Address, ReplyError, RespClient
+from gateway.stores.resp import Address, RespClient
 
 log = logging.getLogger("gateway.stores")
 T = TypeVar("T")
@@ -117,7 +117,9 @@ class RedisStore:
         if address is not None:
             context = ssl.create_default_context() if address.tls else None
             self.resp = RespClient(name, address, spec.timeout, context)
-        self._shas: dict[str, str] = {}
+        self._shas: dict[str, bytes] = {}  # SHA by script name, for ``resp``
+        self._py_shas: dict[str, str] = {}  # the same, for redis-py
+        self._scripts: dict[str, bytes] = {}  # the Lua text by script name, once loaded
         self._tasks: list[asyncio.Task[None]] = []
 
     def key(self, *parts: str) -> str:
@@ -134,12 +136,12 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"store {self.name!r}: {op} failed: {exc}") from exc
 
-    async def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Awaitable[bytes | None]:
+        """The value; with the store's own client, the reply's future itself."""
         resp = self.resp
         if resp is not None:
-            return cast("bytes | None", await resp.call(b"GET", key))
-        value: bytes | None = await self._call("GET", lambda: self.client.get(key))
-        return value
+            return cast("Awaitable[bytes | None]", resp.call(b"GET", key))
+        return self._call("GET", lambda: self.client.get(key))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         px = max(int(ttl * 1000), 1)
@@ -162,40 +164,40 @@ class RedisStore:
         value = await self.run("incr_expire", [key], [amount, max(int(ttl * 1000), 1)])
         return int(str(value))
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> object:
+    def run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Awaitable[object]:
+        """The script's reply. With the store's own client and the script's SHA known,
+        this is the reply's future itself: no coroutine between the caller and Redis."""
         resp = self.resp
-        if resp is None:
-            return await self._call(f"script {name}", lambda: self._run_redis_py(name, keys, args))
-        sha = self._shas.get(name)
-        if sha is None:
-            sha = await self._load(resp, name)
-        try:
-            return await resp.call(b"EVALSHA", sha, len(keys), *keys, *args)
-        except ReplyError as exc:
-            if exc.code != "NOSCRIPT":
-                raise
-        # The server restarted or flushed its script cache: load it again, then retry.
-        sha = await self._load(resp, name)
-        return await resp.call(b"EVALSHA", sha, len(keys), *keys, *args)
+        if resp is not None:
+            sha = self._shas.get(name)
+            if sha is not None:
+                return resp.call_script(sha, self._scripts[name], keys, args)
+            return self._load_and_run(resp, name, keys, args)
+        return self._call(f"script {name}", lambda: self._run_redis_py(name, keys, args))
 
-    async def _load(self, resp: RespClient, name: str) -> str:
-        sha = await resp.call(b"SCRIPT", b"LOAD", load_lua(name))
+    async def _load_and_run(
+        self, resp: RespClient, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> object:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = load_lua(name).encode()
+        sha = await resp.call(b"SCRIPT", b"LOAD", script)
         if not isinstance(sha, bytes):
             raise StoreError(f"store {self.name!r}: SCRIPT LOAD answered {sha!r}")
-        self._shas[name] = text = sha.decode()
-        return text
+        self._shas[name] = sha
+        return await resp.call_script(sha, script, keys, args)
 
     async def _run_redis_py(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
     ) -> object:
-        sha = self._shas.get(name)
+        sha = self._py_shas.get(name)
         if sha is None:
             sha = await self.client.script_load(load_lua(name))
-            self._shas[name] = sha
+            self._py_shas[name] = sha
         try:
             return await self.client.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:  # the server restarted or flushed its script cache
-            self._shas[name] = sha = await self.client.script_load(load_lua(name))
+            self._py_shas[name] = sha = await self.client.script_load(load_lua(name))
             return await self.client.evalsha(sha, len(keys), *keys, *args)
 
     async def publish(self, channel: str, message: bytes) -> None:

@@ -208,6 +208,7 @@ class _Connection(asyncio.Protocol):
         "client",
         "closed",
         "deadlines",
+        "fallbacks",
         "loop",
         "lost",
         "made",
@@ -225,6 +226,9 @@ class _Connection(asyncio.Protocol):
         self.parser = RespParser()
         self.waiters: deque[asyncio.Future[Reply]] = deque()
         self.deadlines: deque[float] = deque()
+        # Per waiter: the command to send instead if the reply is NOSCRIPT (an EVAL for
+        # an EVALSHA), so that a script call needs no coroutine around its future.
+        self.fallbacks: deque[tuple[Arg, ...] | None] = deque()
         self.batch: list[bytes] = []  # commands to write at the end of this loop iteration
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport  # set by connection_made
@@ -232,15 +236,23 @@ class _Connection(asyncio.Protocol):
         self.closed = False  # failing, closing or closed: never send on it again
         self.lost: asyncio.Future[None] = loop.create_future()
 
-    def send(self, data: bytes) -> asyncio.Future[Reply]:
+    def send(self, data: bytes, fallback: tuple[Arg, ...] | None = None) -> asyncio.Future[Reply]:
         """Write one encoded command; the future resolves with its reply.
 
         On an idle connection the command is written at once. With commands already in
         flight it joins the others sent in this loop iteration, written together at its
         end: one system call per iteration under load instead of one per command.
+        ``fallback``: the command sent in its place if Redis answers NOSCRIPT; the
+        future then resolves with the fallback's reply.
         """
+        future: asyncio.Future[Reply] = self.loop.create_future()
+        self._queue(data, future, fallback)
+        return future
+
+    def _queue(
+        self, data: bytes, future: asyncio.Future[Reply], fallback: tuple[Arg, ...] | None
+    ) -> None:
         loop = self.loop
-        future: asyncio.Future[Reply] = loop.create_future()
         deadline = loop.time() + self.timeout
         waiters = self.waiters
         if waiters:
@@ -252,9 +264,9 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
         waiters.append(future)
         self.deadlines.append(deadline)
+        self.fallbacks.append(fallback)
         if self.timer is None:
             self.timer = loop.call_at(deadline, self._on_timer)
-        return future
 
     def fail(self, message: str) -> None:
         """Drop the connection: fail every pending command with StoreError(message)."""
@@ -287,15 +299,20 @@ class _Connection(asyncio.Protocol):
             return
         waiters = self.waiters
         deadlines = self.deadlines
+        fallbacks = self.fallbacks
         for reply in replies:
             if not waiters:
                 self.fail(f"{self.client.where}: a reply nobody asked for")
                 return
             future = waiters.popleft()
             deadlines.popleft()
+            fallback = fallbacks.popleft()
             if future.done():  # its caller was cancelled
                 continue
             if type(reply) is ReplyError:
+                if fallback is not None and reply.code == "NOSCRIPT" and not self.closed:
+                    self._queue(encode(fallback), future, None)  # replies keep their order
+                    continue
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
@@ -337,6 +354,7 @@ class _Connection(asyncio.Protocol):
         self.batch.clear()
         waiters = self.waiters
         self.deadlines.clear()
+        self.fallbacks.clear()
         while waiters:
             future = waiters.popleft()
             if not future.done():
@@ -368,7 +386,19 @@ class RespClient:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn.send(encode(args))
-        return self._connect_and_call(encode(args))
+        return self._connect_and_call(encode(args), None)
+
+    def call_script(
+        self, sha: bytes, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> Awaitable[Reply]:
+        """``EVALSHA sha``; if Redis no longer knows the script (restarted, flushed), the
+        connection sends ``EVAL script`` in its place, which also caches it again."""
+        params = (len(keys), *keys, *args)
+        fallback = (b"EVAL", script, *params)
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn.send(encode((b"EVALSHA", sha, *params)), fallback)
+        return self._connect_and_call(encode((b"EVALSHA", sha, *params)), fallback)
 
     async def close(self) -> None:
         task, self._connecting = self._connecting, None
@@ -383,7 +413,7 @@ class RespClient:
 
     # --- connecting ---------------------------------------------------------------------
 
-    async def _connect_and_call(self, data: bytes) -> Reply:
+    async def _connect_and_call(self, data: bytes, fallback: tuple[Arg, ...] | None) -> Reply:
         task = self._connecting
         if task is None:
             task = asyncio.get_running_loop().create_task(self._open())
@@ -398,7 +428,7 @@ class RespClient:
             raise StoreError(f"{self.where}: the store was closed") from None  # close() did it
         if conn.closed:
             raise StoreError(f"{self.where}: connection lost right after connect")
-        return await conn.send(data)
+        return await conn.send(data, fallback)
 
     def _connected(self, task: asyncio.Task[_Connection]) -> None:
         if self._connecting is task:

@@ -293,6 +293,36 @@ def test_store_script_survives_script_flush_and_restart(own_redis: Callable[...,
     run(body)
 
 
+def test_script_calls_in_flight_when_the_script_is_gone_keep_their_replies_in_order(
+    own_redis: Callable[..., Any],
+) -> None:
+    # Each EVALSHA answered NOSCRIPT is sent again as EVAL on the same connection, while
+    # other commands are in flight: every caller still gets its own reply.
+    port = free_port()
+    own_redis(port)
+
+    async def body() -> None:
+        store = RedisStore("s", StoreSpec(url=f"redis://127.0.0.1:{port}/0", timeout=1))
+        assert store.resp is not None
+        assert await store.run("incr_expire", ["warm"], [1, 10_000]) == 1
+        assert await store.resp.call(b"SCRIPT", b"FLUSH") == b"OK"
+        await store.set("plain", b"v", 10)
+        calls: list[Awaitable[object]] = []
+        for i in range(30):
+            calls.append(store.run("incr_expire", [f"k{i % 3}"], [i, 10_000]))
+            calls.append(store.get("plain"))
+        results = await asyncio.gather(*calls)
+        totals = [0, 0, 0]
+        for i in range(30):
+            totals[i % 3] += i
+            assert results[2 * i] == totals[i % 3], (i, results)
+            assert results[2 * i + 1] == b"v"
+        assert await store.resp.call(b"SCRIPT", b"EXISTS", store._shas["incr_expire"]) == [1]
+        await store.close()
+
+    run(body)
+
+
 def test_auth_and_select(own_redis: Callable[..., Any]) -> None:
     port = free_port()
     own_redis(port, "--requirepass", "s3cret", "--user", "alice", "on", ">alicepw", "~*", "+@all")

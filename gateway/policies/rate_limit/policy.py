@@ -29,6 +29,7 @@ from typing import Any, ClassVar, cast
 
 from gateway.config.models import StoreSpec
 from gateway.edge import problem_response
+from gateway.errors import StoreError
 from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.base import BuildContext, Policy
 from gateway.policies.rate_limit.algorithms import Check, Verdict, compile_algorithm
@@ -247,8 +248,21 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         if check is not None:
             verdict = check(self._memory_prefix + bucket)
             action = ALLOW if verdict[0] else REJECT
+        elif self._clock() >= self._health.down_until:
+            # The store's call awaited here, not in a helper coroutine: while Redis
+            # answers, the request's task waits through as few frames as possible.
+            try:
+                result = await self._run(
+                    self._script, (self._key_of(self._prefix + bucket),), self._args
+                )
+            except StoreError as exc:
+                self._store_failed(exc)
+                verdict, action = self._on_store_error(bucket)
+            else:
+                verdict = cast(Verdict, result)
+                action = ALLOW if verdict[0] else REJECT
         else:
-            verdict, action = await self._check_remote(bucket)
+            verdict, action = self._on_store_error(bucket)
         exchange.decisions.append(
             self._allowed if action == ALLOW else Decision(self._label, action)
         )
@@ -271,17 +285,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         limit = (RATELIMIT, b"%s%d;t=%d" % (self._remaining_prefix, remaining, reset))
         return self._policy_field, limit
 
-    async def _check_remote(self, bucket: str) -> tuple[Verdict | None, str]:
-        """The verdict and the decision's action; verdict None: store failed, no fallback."""
-        key = self._key_of(self._prefix + bucket)
-        health, guard = self._health, self._guard
-        assert guard is not None
-        if self._clock() >= health.down_until:
-            result = await guard.call(self._run(self._script, (key,), self._args))
-            if result is not None:
-                remote = cast(Verdict, result)
-                return remote, ALLOW if remote[0] else REJECT
-            health.down_until = self._clock() + self._backoff
+    def _store_failed(self, exc: StoreError) -> None:
+        """Counted and logged (once per interval); the store is skipped for a while."""
+        assert self._guard is not None
+        self._guard.failed(exc)
+        self._health.down_until = self._clock() + self._backoff
+
+    def _on_store_error(self, bucket: str) -> tuple[Verdict | None, str]:
+        """The verdict and the decision's action without the store; verdict None: no
+        fallback (``allow`` or ``deny``)."""
         if self._on_error == "allow":
             return None, FAIL_OPEN
         if self._on_error == "deny":
