@@ -40,6 +40,8 @@ from gateway.errors import StoreError
 SLACK = 0.001
 #: Longest ``close`` waits for the transport to report closed.
 CLOSE_WAIT = 1.0
+#: Script argument lists kept encoded per client (started over when full).
+ENCODED_KEPT = 256
 
 Arg = bytes | str | int | float
 #: A reply: bytes (bulk and simple strings), int, None (nil), a list of replies, or, inside
@@ -80,7 +82,12 @@ class Address:
 
 def encode(args: Sequence[Arg]) -> bytes:
     """One command as a RESP array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n%s" % (len(args), bulks(args))
+
+
+def bulks(args: Sequence[Arg]) -> bytes:
+    """``args`` as consecutive RESP bulk strings (an array's elements)."""
+    out = []
     for arg in args:
         kind = type(arg)
         if kind is bytes:
@@ -376,6 +383,7 @@ class RespClient:
         self._ssl = ssl_context if address.tls else None
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
+        self._encoded: dict[int, tuple[Sequence[Arg], bytes]] = {}  # see call_script
 
     def call(self, *args: Arg) -> Awaitable[Reply]:
         """Send one command; the awaitable gives its reply or raises StoreError.
@@ -395,10 +403,26 @@ class RespClient:
         connection sends ``EVAL script`` in its place, which also caches it again."""
         params = (len(keys), *keys, *args)
         fallback = (b"EVAL", script, *params)
+        # A caller passes the same arguments object call after call (a limiter's rate and
+        # burst): they are encoded once.
+        memo = self._encoded.get(id(args))
+        if memo is not None and memo[0] is args:
+            encoded_args = memo[1]
+        else:
+            encoded_args = bulks(args)
+            if len(self._encoded) >= ENCODED_KEPT:
+                self._encoded.clear()
+            self._encoded[id(args)] = (args, encoded_args)
+        data = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s%s" % (
+            3 + len(keys) + len(args),
+            bulks((sha, len(keys))),
+            bulks(keys),
+            encoded_args,
+        )
         conn = self._conn
         if conn is not None and not conn.closed:
-            return conn.send(encode((b"EVALSHA", sha, *params)), fallback)
-        return self._connect_and_call(encode((b"EVALSHA", sha, *params)), fallback)
+            return conn.send(data, fallback)
+        return self._connect_and_call(data, fallback)
 
     async def close(self) -> None:
         task, self._connecting = self._connecting, None

@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from gateway.errors import StoreError
 from gateway.stores.redis import resp_address
-from gateway.stores.resp import Address, ProtocolError, ReplyError, RespParser, encode
+from gateway.stores.resp import (
+    Address,
+    ProtocolError,
+    ReplyError,
+    RespClient,
+    RespParser,
+    encode,
+)
 
 
 def wire(value: object) -> bytes:
@@ -179,3 +186,23 @@ def test_single_server_urls_use_the_resp_client() -> None:
         assert resp_address(other) is None
     with pytest.raises(ValueError):
         resp_address("redis://h/zero")
+
+
+def test_a_script_call_is_encoded_like_the_same_evalsha_and_keeps_its_eval() -> None:
+    client = RespClient("s", Address("127.0.0.1", 6379), 1.0, None)
+    sent: list[tuple[bytes, object]] = []
+
+    class Open:
+        closed = False
+
+        def send(self, data: bytes, fallback: object = None) -> None:
+            sent.append((data, fallback))
+
+    client._conn = Open()  # type: ignore[assignment]
+    args = (100.0, 10_000_000.0, 7)
+    for keys in (["k"], ["a", "bé"], []):
+        for call_args in (args, args, list(args)):  # the second call reuses the encoding
+            client.call_script(b"f" * 40, b"return 1", keys, call_args)
+            data, fallback = sent.pop()
+            assert data == encode((b"EVALSHA", b"f" * 40, len(keys), *keys, *args))
+            assert fallback == (b"EVAL", b"return 1", len(keys), *keys, *call_args)
