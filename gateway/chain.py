@@ -16,11 +16,11 @@ Decisions a shadow policy records are flagged ``shadow=True``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, cast
 
 from gateway.exchange import Decision, Exchange, Response
-from gateway.policies.base import Policy
+from gateway.policies.base import LATER, Later, Policy
 from gateway.types import Handler
 
 
@@ -86,8 +86,61 @@ def _shadowed(policy: Policy[Any], call_next: Handler) -> Handler:
 
 def build_chain(policies: list[Policy[Any]], terminal: Handler) -> Handler:
     """Compose ``policies`` (outermost first) around ``terminal``."""
+    return chain_levels(policies, terminal)[0]
+
+
+def chain_levels(policies: list[Policy[Any]], terminal: Handler) -> list[Handler]:
+    """The chain from each policy down: ``levels[i]`` starts at ``policies[i]``, and
+    ``levels[-1]`` is ``terminal``."""
+    levels = [terminal]
     handler = terminal
     for policy in reversed(policies):
         policy.bind_next(handler)
         handler = _shadowed(policy, handler) if policy.shadow else _enforcing(policy, handler)
-    return handler
+        levels.append(handler)
+    levels.reverse()
+    return levels
+
+
+#: What a route's prelude gives: the answer, or the rest of the chain to await.
+Prelude: TypeAlias = "Callable[[Exchange], Response | Handler]"
+
+
+def build_prelude(policies: list[Policy[Any]], levels: list[Handler]) -> Prelude | None:
+    """The synchronous start of a chain, or None when its first policy cannot decide now.
+
+    The enforcing policies at the top of the chain that have ``decides_now`` are asked
+    in order (:meth:`Policy.decide_now`); the first answer is the request's, and the
+    first ``LATER`` hands over to the chain from that policy down. A request they all
+    pass goes to the chain below them. So a cache hit in memory under a rate limiter
+    in memory is answered without a coroutine, and a front-end can answer it in the
+    read callback that parsed the request.
+    """
+    steps: list[Callable[[Exchange], Response | Later | None]] = []
+    for policy in policies:
+        if policy.shadow or not policy.decides_now:
+            break
+        steps.append(policy.decide_now)
+    if not steps:
+        return None
+    rest = levels[len(steps)]
+    if len(steps) == 1:
+        decide, here = steps[0], levels[0]
+
+        def prelude(exchange: Exchange) -> Response | Handler:
+            result = decide(exchange)
+            if result is None:
+                return rest
+            return here if result is LATER else cast(Response, result)
+
+        return prelude
+    stops = list(zip(steps, levels, strict=False))
+
+    def preludes(exchange: Exchange) -> Response | Handler:
+        for decide, here in stops:
+            result = decide(exchange)
+            if result is not None:
+                return here if result is LATER else cast(Response, result)
+        return rest
+
+    return preludes

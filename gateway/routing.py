@@ -14,6 +14,9 @@ from gateway.exchange import find_header
 from gateway.types import Headers
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gateway.exchange import Exchange, Response
     from gateway.types import Handler
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path))?\}")
@@ -42,6 +45,8 @@ class Route:
     policies: list[Any] = field(default_factory=list)
     handler: Handler | None = None
     upgrade_gate: Handler | None = None  # the policies alone, for ASGI WebSocket handshakes
+    #: The chain's synchronous start (gateway.chain.build_prelude), if it has one.
+    prelude: Callable[[Exchange], Response | Handler] | None = None
     _regex: re.Pattern[str] | None = None
     _exact: str | None = None
     _prefix: str | None = None

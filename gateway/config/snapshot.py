@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.chain import build_chain
+from gateway.chain import build_chain, build_prelude, chain_levels
 from gateway.config.loader import Positions, format_loc
 from gateway.config.models import GatewayConfig
 from gateway.edge import problem_response, upstream_error_response
@@ -82,7 +82,7 @@ class Snapshot:
         """
         handler = self.resolve(exchange, upgrade_gate=upgrade_gate)
         if isinstance(handler, Response):
-            return handler
+            return exchange.answered(handler)
         try:
             return exchange.answered(await handler(exchange))
         except ClientGone:
@@ -115,9 +115,19 @@ class Snapshot:
             )
         exchange.route = route
         exchange.path_params = match.params
-        handler = route.upgrade_gate if upgrade_gate else route.handler
-        assert handler is not None
-        return handler
+        if upgrade_gate:
+            assert route.upgrade_gate is not None
+            return route.upgrade_gate
+        prelude = route.prelude
+        if prelude is not None:
+            # The policies that can decide without awaiting do so now: the answer, or
+            # the rest of the chain.
+            try:
+                return prelude(exchange)
+            except Exception as exc:
+                return self.failed(exchange, exc)
+        assert route.handler is not None
+        return route.handler
 
     def failed(self, exchange: Exchange, exc: Exception) -> Response:
         """The answer for what a route's handler raised (never called for ClientGone)."""
@@ -201,7 +211,9 @@ def build_snapshot(
         terminal = make_forwarder(pool, trusted, resources.metrics)
         # Built first, so policies that keep the handler below them bind the real chain.
         route.upgrade_gate = build_chain(chain, _allow_upgrade)
-        route.handler = build_chain(chain, terminal)
+        levels = chain_levels(chain, terminal)
+        route.handler = levels[0]
+        route.prelude = build_prelude(chain, levels)
         route.policy_names = [p.label for p in chain]
         route.policies = chain
         routes.append(route)

@@ -372,7 +372,7 @@ class HttpConnection(asyncio.Protocol):
                     exchange = pending.exchange
                     handler = snapshot.resolve(exchange)
                     if isinstance(handler, Response):
-                        response = handler
+                        response = exchange.answered(handler)
                     else:
                         try:
                             response = exchange.answered(await handler(exchange))

@@ -53,6 +53,19 @@ class BuildContext:
 C = TypeVar("C", bound=BaseModel)
 
 
+class Later:
+    """The type of :data:`LATER`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+#: :meth:`Policy.decide_now`'s "not without awaiting": run the policy as a coroutine.
+LATER = Later()
+
+
 class Policy(Generic[C]):
     """Base class. Subclasses set ``name`` and ``config_model`` and implement ``__call__``.
 
@@ -62,9 +75,20 @@ class Policy(Generic[C]):
     name: ClassVar[str]
     config_model: ClassVar[type[BaseModel]]
 
+    #: Whether :meth:`decide_now` may be asked (set by a policy that has one).
+    decides_now: bool = False
+
     def __init__(self, config: C, ctx: BuildContext) -> None:
         self.config = config
         self.route = ctx.route
+
+    def decide_now(self, exchange: Exchange) -> Response | Later | None:
+        """Decide without awaiting, before any coroutine runs: the answer, None (passed,
+        with its decision recorded and its response fields added), or :data:`LATER`
+        (nothing done: the policy runs as usual, from ``__call__``). Asked only when
+        ``decides_now`` is true, the policy enforces, and every policy above it passed.
+        """
+        return LATER
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> list[Policy[Any]]:

@@ -114,6 +114,28 @@ def test_the_gateways_own_answer_to_an_admitted_request_carries_ratelimit(
     assert answers[0][1]["content-type"] == "application/problem+json"
 
 
+def test_cache_hits_under_a_limiter_count_and_carry_its_fields(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    # Both decide without awaiting (a limiter and an L1 hit in memory): a hit is still
+    # counted against the quota, carries RateLimit, and the fourth request is refused.
+    rule = {"name": "per-ip", "rate": "3/h", "algorithm": "fixed_window"}
+    policies = {"rate_limit": [rule], "cache": {"stores": ["memory"]}}
+    gw = start_gateway(config_with(upstream, frontend, policies))
+    before = upstream_count(upstream)
+    answers = [gw.request("GET", "/cacheable/hit") for _ in range(4)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 429]
+    assert upstream_count(upstream) == before + 1 + 1  # one fill, and this count
+    assert [h["ratelimit"].split(";")[1] for _, h, _ in answers] == ["r=2", "r=1", "r=0", "r=0"]
+    assert [h.get("cache-status", "").split(";")[1].strip() for _, h, _ in answers[1:3]] == [
+        "hit",
+        "hit",
+    ]
+    assert answers[1][2] == answers[0][2]
+    assert wait_until(lambda: decisions(gw, "rate_limit:per-ip", "reject") == 1)
+    assert decisions(gw, "cache", "hit") == 2
+
+
 def test_shadow_records_the_decision_and_lets_the_request_pass(
     start_gateway: GatewayFactory, upstream: Upstream, frontend: str
 ) -> None:

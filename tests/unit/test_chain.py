@@ -1,14 +1,16 @@
 """The chain runner: onion order, answering, calling once or several times, shadow mode."""
 
+from __future__ import annotations
+
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gateway.chain import build_chain
+from gateway.chain import build_chain, build_prelude, chain_levels
 from gateway.exchange import Decision, Exchange, Response
 from gateway.observability.metrics import Metrics
-from gateway.policies.base import BuildContext, Policy, PolicyConfig
+from gateway.policies.base import LATER, BuildContext, Later, Policy, PolicyConfig
 from gateway.stores import Stores
 from gateway.types import Handler
 
@@ -213,3 +215,69 @@ def test_a_shadow_policy_above_never_changes_a_decision_another_request_shares()
     _, second = run(build_chain([kept], final))
     assert second.decisions == [Decision("keep", "allow")]
     assert kept.allowed.shadow is False
+
+
+class Now(Policy[PolicyConfig]):
+    """Decides without awaiting: passes (None), answers, or leaves it for later."""
+
+    name: ClassVar[str] = "now"
+    config_model = PolicyConfig
+    decides_now = True
+
+    def __init__(self, config: PolicyConfig, context: BuildContext, verdict: str) -> None:
+        super().__init__(config, context)
+        self.verdict = verdict
+        self.calls = 0
+
+    def decide_now(self, exchange: Exchange) -> Response | Later | None:
+        if self.verdict == "later":
+            return LATER
+        exchange.decide(self.name, self.verdict)
+        return Response(429, body=b"now") if self.verdict == "answer" else None
+
+    async def __call__(self, exchange: Exchange, call_next: Handler) -> Response:
+        self.calls += 1
+        exchange.decide(self.name, "called")
+        return await call_next(exchange)
+
+
+def resolve(policies: list[Policy[Any]]) -> tuple[Response | Handler, Exchange, list[int]]:
+    final, calls = terminal([200])
+    prelude = build_prelude(policies, chain_levels(policies, final))
+    assert prelude is not None
+    exchange = Exchange("GET", b"/", [], "127.0.0.1")
+    return prelude(exchange), exchange, calls
+
+
+def test_a_prelude_answers_without_running_the_chain() -> None:
+    answered, exchange, calls = resolve(
+        [Now(enforce(), ctx(), "pass"), Now(enforce(), ctx(), "answer"), Trace(enforce(), ctx())]
+    )
+    assert isinstance(answered, Response) and answered.body == b"now"
+    assert [d.action for d in exchange.decisions] == ["pass", "answer"]
+    assert calls == []
+
+
+def test_a_prelude_hands_over_to_the_chain_from_the_policy_that_must_wait() -> None:
+    first, later = Now(enforce(), ctx(), "pass"), Now(enforce(), ctx(), "later")
+    rest, exchange, calls = resolve([first, later])
+    assert not isinstance(rest, Response)
+    response = asyncio.run(rest(exchange))
+    assert response.status == 200 and calls == [1]
+    # The first policy decided once, in the prelude; the second ran as a coroutine.
+    assert [d.action for d in exchange.decisions] == ["pass", "called"]
+    assert first.calls == 0 and later.calls == 1
+
+
+def test_a_request_every_step_passes_goes_to_the_chain_below_them() -> None:
+    rest, exchange, calls = resolve([Now(enforce(), ctx(), "pass"), Trace(enforce(), ctx())])
+    assert not isinstance(rest, Response)
+    asyncio.run(rest(exchange))
+    assert exchange.scratch["order"] == ["enforce"] and calls == [1]
+
+
+def test_no_prelude_under_a_shadow_policy_or_one_that_cannot_decide_now() -> None:
+    final, _ = terminal([200])
+    for top in (Now(shadow(), ctx(), "answer"), Trace(enforce(), ctx())):
+        policies: list[Policy[Any]] = [top, Now(enforce(), ctx(), "answer")]
+        assert build_prelude(policies, chain_levels(policies, final)) is None

@@ -23,7 +23,7 @@ import time
 from typing import ClassVar
 
 from gateway.exchange import Exchange, Response
-from gateway.policies.base import BuildContext, Policy
+from gateway.policies.base import LATER, BuildContext, Later, Policy
 from gateway.policies.cache.answers import Answers
 from gateway.policies.cache.coalesce import BackgroundTasks, Coalescer
 from gateway.policies.cache.config import CacheConfig
@@ -111,6 +111,7 @@ class CachePolicy(Policy[CacheConfig]):
         self._matchers: dict[str, Matcher] = {}
         self._honor = config.request_cache_control == "honor"
         self._observing = self.shadow  # mode: shadow (read once: the config is frozen)
+        self.decides_now = not self._observing and self.tiers.l1 is not None
         self._method_status = self.answers.status(fwd=FWD_METHOD)
 
     # Life cycle -------------------------------------------------------------------------
@@ -176,13 +177,34 @@ class CachePolicy(Policy[CacheConfig]):
         else:
             variants, tier = (), ""
         if variants:
-            entry = variants[0]
-            found = select(variants, exchange.headers) if entry.select_names else entry
-            if found is not None:
-                response = self.answers.fresh_hit(exchange, found, now, tier)
-                if response is not None:
-                    return response
+            response = self._fresh(exchange, variants, now, tier)
+            if response is not None:
+                return response
         return await self._lookup(exchange, call_next, (variants, tier, now))
+
+    def decide_now(self, exchange: Exchange) -> Response | Later | None:
+        """The hot path's in-process half: a fresh L1 hit for a plain GET or HEAD."""
+        method = exchange.method
+        l1 = self.tiers.l1
+        if (method != "GET" and method != "HEAD") or l1 is None:
+            return LATER
+        if not asks_nothing(exchange.headers):
+            return LATER
+        now = self.wall()
+        variants = l1.get(self.keys.key_of(exchange), now)
+        if variants:
+            response = self._fresh(exchange, variants, now, "l1")
+            if response is not None:
+                return response
+        return LATER  # __call__ looks again (a dict lookup), then in L2
+
+    def _fresh(
+        self, exchange: Exchange, variants: tuple[Entry, ...], now: float, tier: str
+    ) -> Response | None:
+        """The fresh hit among ``variants`` for a request that asks nothing, if any."""
+        entry = variants[0]
+        found = select(variants, exchange.headers) if entry.select_names else entry
+        return self.answers.fresh_hit(exchange, found, now, tier) if found is not None else None
 
     async def _lookup(
         self,

@@ -31,7 +31,7 @@ from gateway.config.models import StoreSpec
 from gateway.edge import problem_response
 from gateway.errors import StoreError
 from gateway.exchange import Decision, Exchange, Response
-from gateway.policies.base import BuildContext, Policy
+from gateway.policies.base import LATER, BuildContext, Later, Policy
 from gateway.policies.rate_limit.algorithms import Check, Verdict, compile_algorithm
 from gateway.policies.rate_limit.config import RateLimitConfig, RateLimitRule
 from gateway.policies.rate_limit.jwt import JwtVerifier
@@ -171,6 +171,7 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         )
         # The decision of an admitted request: one object, recorded for every such request.
         self._allowed = Decision(self._label, ALLOW)
+        self.decides_now = self._check is not None and self._bucket is not None
         enforcing = config.mode == "enforce"
         self._headers_on_admit = enforcing and config.headers == "all"
         self._headers_on_reject = config.headers != "none"
@@ -218,20 +219,26 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         return f"{what}; {key}; {where}"
 
     def __call__(self, exchange: Exchange, call_next: Handler) -> Awaitable[Response]:
-        check, plain = self._check, self._bucket
-        if check is None or plain is None:
+        if self._check is None or self._bucket is None:
             return self._decide(exchange, call_next)
         # In memory, with a key that reads no token, the decision needs no await: the
         # policy hands back the rest of the chain's awaitable instead of wrapping it in a
         # coroutine of its own (one frame less on each resume of the request's task).
+        answer = self.decide_now(exchange)
+        return call_next(exchange) if answer is None else _answer(cast(Response, answer))
+
+    def decide_now(self, exchange: Exchange) -> Response | Later | None:
+        check, plain = self._check, self._bucket
+        if check is None or plain is None:
+            return LATER
         verdict = check(self._memory_prefix + plain(exchange))
         if not verdict[0]:
             exchange.decisions.append(Decision(self._label, REJECT))
-            return _answer(self._reject(exchange, verdict[3]))
+            return self._reject(exchange, verdict[3])
         exchange.decisions.append(self._allowed)
         if self._headers_on_admit:
             exchange.add_response_fields(self._admit_fields(verdict))
-        return call_next(exchange)
+        return None
 
     async def _decide(self, exchange: Exchange, call_next: Handler) -> Response:
         """The general path: a token to verify, or a store to wait for."""
