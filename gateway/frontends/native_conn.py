@@ -191,8 +191,10 @@ class HttpConnection(asyncio.Protocol):
             self._feed(data)
         wakeup = self._wakeup
         if wakeup is not None and self.queue:
-            self._wakeup = None
-            wakeup.set_result(None)
+            self._answer_now()
+            if self.queue and not self.closed:
+                self._wakeup = None
+                wakeup.set_result(None)
 
     def _feed(self, data: bytes) -> None:
         began_in_head = self.in_head
@@ -356,6 +358,12 @@ class HttpConnection(asyncio.Protocol):
                 waiter = self._wakeup = self.loop.create_future()
                 await waiter
                 continue
+            if self.write_paused:  # answers written by the read callback filled the buffer
+                try:
+                    await self.writable()
+                except ClientGone:
+                    return
+                continue
             pending = queue.popleft()
             if self._paused & BACKLOG and len(queue) <= MAX_PIPELINE:
                 self.resume(BACKLOG)
@@ -370,7 +378,9 @@ class HttpConnection(asyncio.Protocol):
                 if response is None and pending.malformed is None:
                     # snapshot.dispatch, inlined: one coroutine frame less per resume.
                     exchange = pending.exchange
-                    handler = snapshot.resolve(exchange)
+                    handler = pending.resolved
+                    if handler is None:
+                        handler = snapshot.resolve(exchange)
                     if isinstance(handler, Response):
                         response = exchange.answered(handler)
                     else:
@@ -417,6 +427,55 @@ class HttpConnection(asyncio.Protocol):
                 self.set_deadline(BODY, self._body_timeout)
             elif not queue:
                 self.idle()
+
+    def _answer_now(self) -> None:
+        """Answer queued requests in the read callback while the task is idle and each
+        answer is whole without awaiting (a cache hit in memory, a 429 from a limiter in
+        memory, a 404): no task wake-up, no coroutine. Stops at the first request that
+        has a body, an upgrade, or needs the chain's coroutines; the task takes over
+        from there, with that request already routed (``Pending.resolved``)."""
+        queue = self.queue
+        runtime = self.frontend.runtime
+        try:
+            while queue and not self.closed and not self.write_paused:
+                pending = queue[0]
+                if (
+                    pending.body is not None
+                    or pending.error is not None
+                    or pending.upgrade
+                    or pending.resolved is not None
+                ):
+                    return
+                exchange = pending.exchange
+                snapshot = runtime.snapshot
+                resolved = snapshot.resolve(exchange)
+                if (
+                    type(resolved) is not Response
+                    or resolved.stream is not None
+                    or resolved.status < 200
+                ):
+                    pending.resolved = resolved
+                    return
+                response = exchange.answered(resolved)
+                queue.popleft()
+                if self._paused & BACKLOG and len(queue) <= MAX_PIPELINE:
+                    self.resume(BACKLOG)
+                self.current = pending
+                status = response.status
+                try:
+                    keep_alive = write_whole(self, pending, response)
+                finally:
+                    self.current = None
+                    finish(snapshot, exchange, status, pending.sent)
+                if not keep_alive:
+                    self.close()
+                    return
+        except Exception:
+            log.exception("native front-end: a response failed; connection aborted")
+            self.abort()
+            return
+        if not queue:
+            self.idle()
 
     def _wake(self) -> None:
         wakeup = self._wakeup

@@ -18,6 +18,7 @@ from gateway.exchange import Exchange, Response
 
 if TYPE_CHECKING:
     from gateway.frontends.native_conn import HttpConnection
+    from gateway.types import Handler
 
 #: Buffered request body bytes beyond which the connection stops reading the socket.
 HIGH_WATER = 64 * 1024
@@ -139,8 +140,8 @@ class RequestBody:
 class Pending:
     """One parsed request waiting in the connection's queue (responses go out in order)."""
 
-    __slots__ = ("body", "error", "exchange", "http11", "keep_alive", "malformed", "sent",
-                 "upgrade")  # fmt: skip
+    __slots__ = ("body", "error", "exchange", "http11", "keep_alive", "malformed", "resolved",
+                 "sent", "upgrade")  # fmt: skip
 
     def __init__(
         self,
@@ -159,6 +160,9 @@ class Pending:
         self.error = error  # the front-end's own answer (400, 408, 414, 431, ...)
         self.malformed: Response | None = None  # the body's framing broke after the head
         self.sent = 0
+        # Snapshot.resolve's result when the read callback already routed the request
+        # (and ran the route's prelude) but could not answer it there.
+        self.resolved: Response | Handler | None = None
 
 
 class BadTarget(ValueError):

@@ -34,6 +34,7 @@ from tests.integration.harness import (
     UPSTREAM_SCRIPT,
     Gateway,
     Upstream,
+    base_config,
     free_port,
     raw_connection,
     read_until_close,
@@ -281,6 +282,55 @@ def test_pipelined_requests_answered_in_order(gateway: Gateway) -> None:
         last = wire.read()
         assert last.status == 200 and last.json()["target"] == "/echo?n=6"
         assert wire.closed(), "Connection: close on the last request must close"
+
+
+def test_pipelined_cache_hits_limits_and_misses_keep_their_order(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    # Hits in memory, 429s from a limiter in memory and 404s are answered without the
+    # chain's coroutines (natively, in the read callback); upstream requests and bodies
+    # are not. Pipelined together, every answer still goes out in request order.
+    config = base_config(upstream.url, frontend)
+    config["routes"] = [
+        {"name": "only", "match": {"path": "/{rest:path}", "methods": ["GET", "HEAD", "POST"]},
+         "upstream": "app", "policies": {
+            "rate_limit": [{"name": "burst", "rate": "7/h", "algorithm": "fixed_window"}],
+            "cache": {"stores": ["memory"]},
+        }},
+    ]  # fmt: skip
+    gw = start_gateway(config)
+    name = unique("order")
+    with raw_connection(gw.port, timeout=10) as sock:
+        wire = Wire(sock)
+        wire.send(request("GET", f"/cacheable/{name}"))
+        filled = wire.read()
+        assert filled.status == 200
+        post_body = b"between hits"
+        wire.send(
+            request("GET", f"/cacheable/{name}")  # hit
+            + request("HEAD", f"/cacheable/{name}")  # hit, no body
+            + request("GET", "/echo?n=3")  # upstream
+            + request("GET", f"/cacheable/{name}")  # hit
+            + request("POST", "/echo?n=5", f"Content-Length: {len(post_body)}", body=post_body)
+            + request("DELETE", "/echo?n=6")  # 405: no route allows it
+            + request("GET", f"/cacheable/{name}")  # hit: the 7th and last of the hour
+            + request("GET", "/echo?n=8", "Connection: close")  # 429
+        )
+        replies = [wire.read("HEAD" if i == 1 else "GET") for i in range(8)]
+        assert [r.status for r in replies] == [200, 200, 200, 200, 200, 405, 200, 429]
+        assert replies[0].body == filled.body == replies[3].body == replies[6].body
+        assert replies[1].body == b""
+        assert replies[1].header("content-length") == str(len(filled.body))
+        for hit in (replies[0], replies[1], replies[3], replies[6]):
+            assert "; hit" in (hit.header("cache-status") or ""), hit.head
+        assert replies[2].json()["target"] == "/echo?n=3"
+        assert replies[4].json()["body_sha256"] == sha(post_body)
+        assert replies[5].header("allow") == "GET, HEAD, POST"
+        remaining = [(r.header("ratelimit") or "").split(";")[1:2] for r in replies]
+        assert remaining == [["r=5"], ["r=4"], ["r=3"], ["r=2"], ["r=1"], [], ["r=0"], ["r=0"]]
+        assert wire.closed()
+    assert wait_until(lambda: in_flight_is_zero(gw))
+    no_traceback(gw)
 
 
 def test_pipelined_head_has_no_body_and_next_response_is_intact(gateway: Gateway) -> None:
