@@ -50,6 +50,8 @@ class NativeFrontend:
         self._emptied: asyncio.Future[None] | None = None
         self._date_value = b""
         self._date = b""
+        # Answers made in read callbacks, written together at the end of the loop turn.
+        self._unsent: list[tuple[HttpConnection, bytes, bytes | None, bool]] = []
         limits = self.limits
         shortest = min(limits.header_timeout, limits.body_timeout, limits.keepalive_timeout)
         self._tick = min(max(shortest / 5, 0.02), 1.0)
@@ -104,6 +106,39 @@ class NativeFrontend:
         self.connections.discard(conn)
         if not self.connections and self._emptied is not None and not self._emptied.done():
             self._emptied.set_result(None)
+
+    def write_soon(
+        self, conn: HttpConnection, data: bytes, body: bytes | None, keep_alive: bool
+    ) -> None:
+        """Write an answer once this loop turn's read callbacks are done (then close the
+        connection unless ``keep_alive``).
+
+        Writing each answer as soon as its request was read interleaves sends with
+        reads: the client's side is woken once per answer, which costs the proxy more
+        system time (measured: 5 -> 9 µs per cache hit). Together, the sends wake it once
+        for many answers, as when each connection's task writes its own.
+        """
+        unsent = self._unsent
+        if not unsent:
+            self.loop.call_soon(self._write_unsent)
+        unsent.append((conn, data, body, keep_alive))
+        conn.owed += 1
+
+    def _write_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for conn, data, body, keep_alive in unsent:
+            conn.owed -= 1
+            transport = conn.transport
+            if transport.is_closing():
+                continue  # the client went away: nothing to write to
+            if body is None:
+                transport.write(data)
+            else:
+                transport.writelines((data, body))
+            if not keep_alive:
+                transport.close()
+            elif self.draining and not conn.busy:
+                conn.close()
 
     def date_line(self) -> bytes:
         """``date: ...`` for responses that carry none, formatted once per second."""

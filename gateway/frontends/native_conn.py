@@ -43,7 +43,7 @@ from gateway.frontends.native_request import (
     too_large,
     transfer_coding_refusal,
 )
-from gateway.frontends.native_send import Relay, write_response, write_whole
+from gateway.frontends.native_send import Relay, whole, write_response, write_whole
 
 if TYPE_CHECKING:
     from gateway.exchange import Upgraded
@@ -72,7 +72,8 @@ class HttpConnection(asyncio.Protocol):
         "_head_bytes", "_header_timeout", "_headers", "_host", "_hosts", "_hsize",
         "_keepalive_timeout", "_max_head", "_max_header_size", "_max_headers", "_max_line",
         "_parsing", "_paused", "_rejection", "_url", "_wakeup", "closed", "current", "deadline",
-        "deadline_kind", "frontend", "in_head", "loop", "parse_dead", "parser", "peer", "queue",
+        "deadline_kind", "frontend", "in_head", "loop", "owed", "parse_dead", "parser", "peer",
+        "queue",
         "relay", "task", "transport", "upgrade_tail", "write_deadline", "write_paused"
     )  # fmt: skip
 
@@ -93,6 +94,7 @@ class HttpConnection(asyncio.Protocol):
         self.queue: deque[Pending] = deque()
         self.task: asyncio.Task[None] | None = None
         self.current: Pending | None = None
+        self.owed = 0  # answers made in the read callback, not yet handed to the transport
         self.closed = False
         self.deadline = 0.0
         self.deadline_kind = 0
@@ -460,15 +462,16 @@ class HttpConnection(asyncio.Protocol):
                 queue.popleft()
                 if self._paused & BACKLOG and len(queue) <= MAX_PIPELINE:
                     self.resume(BACKLOG)
-                self.current = pending
                 status = response.status
                 try:
-                    keep_alive = write_whole(self, pending, response)
+                    data, body, keep_alive = whole(self, pending, response)
+                    # Written with the other answers of this loop turn, after every read
+                    # callback: one batch of sends, as when the connections' tasks write.
+                    self.frontend.write_soon(self, data, body, keep_alive)
                 finally:
-                    self.current = None
                     finish(snapshot, exchange, status, pending.sent)
                 if not keep_alive:
-                    self.close()
+                    self.closed = True  # nothing more is read or answered; the flush closes
                     return
         except Exception:
             log.exception("native front-end: a response failed; connection aborted")
@@ -486,14 +489,15 @@ class HttpConnection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """A request is being answered, queued, or arriving."""
-        return self.current is not None or bool(self.queue) or self.in_head
+        return self.current is not None or bool(self.queue) or self.in_head or self.owed > 0
 
     def idle(self) -> None:
         """Nothing is owed to the client: close, or wait for its next request."""
         if self.closed or self.queue:
             return
         if self.frontend.draining:
-            self.close()
+            if not self.owed:  # else the front-end closes it once the answers are written
+                self.close()
         elif not self.in_head:
             self.set_deadline(IDLE, self._keepalive_timeout)
 

@@ -111,6 +111,19 @@ def framed_head(
 
 def write_whole(conn: HttpConnection, pending: Pending, response: Response) -> bool:
     """Write a final response whose body is whole, in one write; True: keep alive."""
+    data, body, keep_alive = whole(conn, pending, response)
+    if body is None:
+        conn.transport.write(data)
+    else:
+        conn.transport.writelines((data, body))
+    return keep_alive
+
+
+def whole(
+    conn: HttpConnection, pending: Pending, response: Response
+) -> tuple[bytes, bytes | None, bool]:
+    """A final response whose body is whole, as bytes: (head, with the body when it is
+    small; the body when it is not, else None; keep alive)."""
     status = response.status
     if pending.keep_alive and pending.body is None and not conn.parse_dead:
         keep_alive = not conn.frontend.draining  # keep_alive_for's common case
@@ -121,18 +134,14 @@ def write_whole(conn: HttpConnection, pending: Pending, response: Response) -> b
     if not dated:
         parts.append(conn.frontend.date_line())
     parts.append(_TAILS[keep_alive, pending.http11, False])
-    transport = conn.transport
     if not allowed:
-        transport.write(b"".join(parts))
-        return keep_alive
+        return b"".join(parts), None, keep_alive
     body = response.body
+    pending.sent = len(body)
     if len(body) <= 16384:
         parts.append(body)
-        transport.write(b"".join(parts))
-    else:
-        transport.writelines((b"".join(parts), body))
-    pending.sent = len(body)
-    return keep_alive
+        return b"".join(parts), None, keep_alive
+    return b"".join(parts), body, keep_alive
 
 
 async def write_response(conn: HttpConnection, pending: Pending, response: Response) -> bool:

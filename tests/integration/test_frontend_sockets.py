@@ -333,6 +333,34 @@ def test_pipelined_cache_hits_limits_and_misses_keep_their_order(
     no_traceback(gw)
 
 
+def test_hits_answered_at_once_then_close_when_asked(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    # Every request here is a hit in memory: the native front-end answers them all in
+    # the read callback, writes them at the end of the loop turn, then closes.
+    config = base_config(upstream.url, frontend)
+    config["routes"][1]["policies"] = {"cache": {"stores": ["memory"]}}
+    gw = start_gateway(config)
+    path = f"/cacheable/{unique('close')}"
+    status, _, stored = gw.request("GET", path)
+    assert status == 200
+    with raw_connection(gw.port, timeout=10) as sock:
+        wire = Wire(sock)
+        wire.send(request("GET", path) * 5 + request("GET", path, "Connection: close"))
+        replies = [wire.read() for _ in range(6)]
+        assert [(r.status, r.body) for r in replies] == [(200, stored)] * 6
+        assert replies[-1].header("connection") == "close"
+        assert wire.closed()
+    with raw_connection(gw.port, timeout=10) as sock:
+        wire = Wire(sock)
+        wire.send(request("GET", path, version="1.0"))
+        reply = wire.read()
+        assert (reply.status, reply.body) == (200, stored)
+        assert wire.closed()
+    keeps_serving(gw)
+    no_traceback(gw)
+
+
 def test_pipelined_head_has_no_body_and_next_response_is_intact(gateway: Gateway) -> None:
     with raw_connection(gateway.port) as sock:
         wire = Wire(sock)
