@@ -41,6 +41,32 @@ class _Histogram:
         self.total += value
 
 
+class Tally:
+    """A counter family kept in plain ints, for counts taken on the request path.
+
+    ``cell(*label_values)`` is a one-item list to add to (``cell[0] += 1``): no lock,
+    no method call per count (a prometheus_client ``Counter.inc`` takes a lock, ~0.5 µs).
+    Rendered at scrape time like a Counter, without the ``_created`` series.
+    """
+
+    __slots__ = ("cells", "doc", "labels", "name")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name = name.removesuffix("_total")
+        self.doc = doc
+        self.labels = list(labels)
+        self.cells: dict[tuple[str, ...], list[int]] = {}
+
+    def cell(self, *values: str) -> list[int]:
+        return self.cells.setdefault(values, [0])
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for values, cell in sorted(self.cells.items()):
+            family.add_metric(list(values), cell[0])
+        return family
+
+
 class _RequestCollector(Collector):
     """The per-request series, kept in plain ints and lists and rendered at scrape time.
 
@@ -53,8 +79,11 @@ class _RequestCollector(Collector):
         self.decisions: dict[tuple[str, str, str, str], list[int]] = {}
         self.durations: dict[str, _Histogram] = {}
         self.upstream: dict[str, _Histogram] = {}
+        self.tallies: dict[str, Tally] = {}
 
     def collect(self) -> Iterator[Metric]:
+        for tally in self.tallies.values():
+            yield tally.family()
         requests = CounterMetricFamily(
             "gateway_requests",
             "Requests answered, by route, method and status class.",
@@ -178,8 +207,21 @@ class Metrics:
         """A policy's own counter, created once per process and reused across reloads."""
         existing = self._custom.get(name)
         if existing is None:
+            if name in self._fast.tallies:
+                raise ValueError(f"metric {name} is already a tally")
             existing = self._custom[name] = Counter(name, doc, labels, registry=self.registry)
         assert isinstance(existing, Counter)
+        return existing
+
+    def tally(self, name: str, doc: str, labels: Sequence[str]) -> Tally:
+        """A policy's counter for the request path (see :class:`Tally`), created once per
+        process and reused across reloads."""
+        tallies = self._fast.tallies
+        existing = tallies.get(name)
+        if existing is None:
+            if name in self._custom:
+                raise ValueError(f"metric {name} is already a Counter or Gauge")
+            existing = tallies[name] = Tally(name, doc, labels)
         return existing
 
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:

@@ -25,12 +25,12 @@ class CacheStats:
             "URLs evicted from the in-process tier to stay within memory.max_bytes.",
             ["route"],
         ).labels(route)
-        shared = m.counter(
+        shared = m.tally(
             "gateway_cache_shared_reads_total",
             "Reads of the shared cache tier by result (hit, miss, error).",
             ["route", "result"],
         )
-        self._shared = {r: shared.labels(route, r).inc for r in ("hit", "miss", "error")}
+        self._shared = {r: shared.cell(route, r) for r in ("hit", "miss", "error")}
         self._stores = m.counter(
             "gateway_cache_stores_total",
             "Responses considered for storing, by outcome: `stored`, or why not (no-store, "
@@ -60,7 +60,7 @@ class CacheStats:
             self._evicted.inc(evicted)
 
     def l2_read(self, result: str) -> None:
-        self._shared[result]()
+        self._shared[result][0] += 1
 
     def stored(self, outcome: str) -> None:
         """A response considered for storing: ``stored`` or the reason it was not."""
