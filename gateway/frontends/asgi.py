@@ -102,11 +102,18 @@ class GatewayApp:
         runtime.in_flight += 1  # the in-flight gauge reads this at scrape time
         status, sent = 500, 0
         try:
-            try:
-                response = await snapshot.dispatch(exchange)
-            except ClientGone:
-                status = 499
-                return
+            # snapshot.dispatch, inlined: one coroutine frame less on every resume.
+            handler = snapshot.resolve(exchange)
+            if isinstance(handler, Response):
+                response = exchange.answered(handler)
+            else:
+                try:
+                    response = exchange.answered(await handler(exchange))
+                except ClientGone:
+                    status = 499
+                    return
+                except Exception as exc:
+                    response = exchange.answered(snapshot.failed(exchange, exc))
             status = response.status
             if response.stream is None and status != 101:  # a whole body: two sends
                 framed, _ = framed_headers(exchange, response)
