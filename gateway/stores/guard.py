@@ -1,8 +1,8 @@
 """How a policy survives its store: bounded calls, counted and rate-limited logging.
 
-A policy wraps each store call in :meth:`StoreGuard.call`, or on a hot path awaits the
-call itself and hands a StoreError to :meth:`StoreGuard.failed`; a failure or timeout
-is counted in ``gateway_store_errors_total{store,policy}`` and logged at most once per
+A policy awaits its store call itself and hands a StoreError to
+:meth:`StoreGuard.failed`: the failure or timeout is counted in
+``gateway_store_errors_total{store,policy}`` and logged at most once per
 ``log_interval``. The policy then applies its declared
 ``on_store_error`` (allow, deny, local_share, ...): the guard never decides that.
 """
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
-from gateway.errors import StoreError
 from gateway.observability.metrics import Metrics
 
 log = logging.getLogger("gateway.stores")
-T = TypeVar("T")
 
 
 class StoreGuard:
@@ -37,14 +34,6 @@ class StoreGuard:
         self.clock = clock
         self._last_log = -float("inf")
         self._suppressed = 0
-
-    async def call(self, operation: Awaitable[T]) -> T | None:
-        """The operation's result, or None when the store failed (already counted)."""
-        try:
-            return await operation
-        except StoreError as exc:
-            self.failed(exc)
-            return None
 
     def failed(self, exc: Exception) -> None:
         self._count()
