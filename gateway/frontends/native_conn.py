@@ -366,9 +366,7 @@ class HttpConnection(asyncio.Protocol):
                 except ClientGone:
                     return
                 continue
-            pending = queue.popleft()
-            if self._paused & BACKLOG and len(queue) <= MAX_PIPELINE:
-                self.resume(BACKLOG)
+            pending = self._next()
             self.current = pending
             # Inlined rather than a coroutine per request: dispatch, write, bookkeeping.
             runtime = self.frontend.runtime
@@ -459,9 +457,7 @@ class HttpConnection(asyncio.Protocol):
                     pending.resolved = resolved
                     return
                 response = exchange.answered(resolved)
-                queue.popleft()
-                if self._paused & BACKLOG and len(queue) <= MAX_PIPELINE:
-                    self.resume(BACKLOG)
+                self._next()
                 status = response.status
                 try:
                     data, body, keep_alive = whole(self, pending, response)
@@ -479,6 +475,14 @@ class HttpConnection(asyncio.Protocol):
             return
         if not queue:
             self.idle()
+
+    def _next(self) -> Pending:
+        """The next queued request, taken off the queue (reading resumes below the bound)."""
+        queue = self.queue
+        pending = queue.popleft()
+        if self._paused & BACKLOG and len(queue) <= MAX_PIPELINE:
+            self.resume(BACKLOG)
+        return pending
 
     def _wake(self) -> None:
         wakeup = self._wakeup
