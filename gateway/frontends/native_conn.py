@@ -167,16 +167,21 @@ class HttpConnection(asyncio.Protocol):
             self._drain_waiter = None
 
     def data_received(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.feed(data)
+        # Attributes that _feed can change are read into locals before a test, never
+        # tested in place: the type checker (and the compiled build, which trusts it)
+        # would otherwise take the tested value for granted after the call.
+        relay = self.relay
+        if relay is not None:
+            relay.feed(data)
             return
-        if self.parse_dead:
+        parse_dead, closed = self.parse_dead, self.closed
+        if parse_dead:
             if self.upgrade_tail is not None:
                 self.upgrade_tail += data
                 if len(self.upgrade_tail) > HIGH_WATER:
                     self.pause(RELAY)
             return
-        if len(data) > FEED_SLICE and not self.closed:
+        if len(data) > FEED_SLICE and not closed:
             # A big read may end in a new request's head: feed it in slices so the head
             # bound below sees all but at most one slice of that head.
             view = memoryview(data)
@@ -360,7 +365,8 @@ class HttpConnection(asyncio.Protocol):
                 waiter = self._wakeup = self.loop.create_future()
                 await waiter
                 continue
-            if self.write_paused:  # answers written by the read callback filled the buffer
+            write_paused = self.write_paused  # a local: see data_received
+            if write_paused:  # answers written by the read callback filled the buffer
                 try:
                     await self.writable()
                 except ClientGone:
@@ -375,7 +381,9 @@ class HttpConnection(asyncio.Protocol):
             status = 499  # the client went away before an answer
             try:
                 response = pending.error
-                if response is None and pending.malformed is None:
+                # pending.malformed is read afresh after each await: the read callback
+                # sets it when the body's framing breaks while the chain runs.
+                if response is None and not pending.broken():
                     # snapshot.dispatch, inlined: one coroutine frame less per resume.
                     exchange = pending.exchange
                     handler = pending.resolved
@@ -387,7 +395,7 @@ class HttpConnection(asyncio.Protocol):
                         try:
                             response = exchange.answered(await handler(exchange))
                         except ClientGone:
-                            if pending.malformed is None:
+                            if not pending.broken():
                                 raise
                         except Exception as exc:
                             response = exchange.answered(snapshot.failed(exchange, exc))

@@ -164,6 +164,14 @@ class Pending:
         # (and ran the route's prelude) but could not answer it there.
         self.resolved: Response | Handler | None = None
 
+    def broken(self) -> bool:
+        """Whether the body's framing broke after the head (``malformed`` is set).
+
+        A method rather than a test in place: the read callback sets ``malformed``
+        while the chain awaits, and a type checker keeps a tested attribute's value
+        across an await."""
+        return self.malformed is not None
+
 
 class BadTarget(ValueError):
     """A request target in a form the gateway does not serve."""

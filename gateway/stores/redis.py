@@ -51,7 +51,7 @@ def connect(url: str, timeout: float) -> Any:
             raise ValueError("redis+sentinel:// URL needs /service_name[/db]")
         db = int(path[1]) if len(path) > 1 else 0
         password = unquote(parts.password) if parts.password else None
-        sentinel = Sentinel(hosts, password=password, **common)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts, password=password, **common)  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
         return sentinel.master_for(path[0], db=db, password=password)
     if parts.scheme == "redis+cluster":
         nodes = [
