@@ -94,7 +94,8 @@ def chain_levels(policies: list[Policy[Any]], terminal: Handler) -> list[Handler
     ``levels[-1]`` is ``terminal``."""
     levels = [terminal]
     handler = terminal
-    for policy in reversed(policies):
+    for index in range(len(policies) - 1, -1, -1):
+        policy = policies[index]
         policy.bind_next(handler)
         handler = _shadowed(policy, handler) if policy.shadow else _enforcing(policy, handler)
         levels.append(handler)

@@ -72,6 +72,21 @@ class StoreError(GatewayError):
     """A store call failed or exceeded its timeout."""
 
 
+class ReplyError(StoreError):
+    """Redis answered a command with an error reply; the connection stays usable.
+
+    Here rather than in ``stores/resp.py``, which is compiled: a compiled class with a
+    Python base (this one's is :class:`StoreError`) breaks weak references to its
+    instances (mypyc clears the weak reference list like an attribute), and anything,
+    a test framework say, may take one to an exception.
+    """
+
+    @property
+    def code(self) -> str:
+        """The error's first word, by Redis convention its kind: ``ERR``, ``NOSCRIPT``..."""
+        return str(self).partition(" ")[0]
+
+
 class UpstreamError(GatewayError):
     """The call below failed. ``kind`` labels metrics; ``status`` is the edge's answer."""
 

@@ -51,15 +51,15 @@ class _Chained:
         self._iterator = iterator
         self._rest = rest
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iter()
+    def __aiter__(self) -> _Chained:
+        return self
 
-    async def _iter(self) -> AsyncIterator[bytes]:
-        prefix, self._prefix = self._prefix, []
-        for chunk in prefix:
-            yield chunk
-        async for chunk in self._iterator:
-            yield chunk
+    async def __anext__(self) -> bytes:
+        # An iterator class, not an async generator: the compiled build has no async
+        # generators.
+        if self._prefix:
+            return self._prefix.pop(0)
+        return await self._iterator.__anext__()
 
     async def aclose(self) -> None:
         await self._rest.aclose()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.edge import problem_response
@@ -35,23 +35,26 @@ class _RequestBody:
         self._exchange = exchange
         self.done = False  # no more http.request messages will be read by this body
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iter()
+    def __aiter__(self) -> _RequestBody:
+        return self
 
-    async def _iter(self) -> AsyncIterator[bytes]:
-        while True:
+    async def __anext__(self) -> bytes:
+        # An iterator class, not an async generator: the compiled build has no async
+        # generators.
+        while not self.done:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.done = True
                 raise ClientGone("client disconnected while sending the body")
-            chunk = message.get("body", b"")
+            body = message.get("body", b"")
+            # Some servers hand over a bytearray; the compiled build checks for bytes.
+            chunk = body if type(body) is bytes else bytes(body)
             if not message.get("more_body", False):
                 self.done = True
             if chunk:
                 self._exchange.bytes_in += len(chunk)
-                yield chunk
-            if self.done:
-                return
+                return chunk
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         return None

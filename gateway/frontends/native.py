@@ -74,7 +74,10 @@ class NativeFrontend:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) pairs; the port is the real one when ``listen`` said 0."""
-        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets or ()]
+        # getattr: typeshed says a tuple, uvloop gives a list, and the compiled build
+        # checks what typeshed says.
+        servers = [getattr(server, "sockets", None) or () for server in self._servers]
+        return [sock.getsockname()[:2] for sockets in servers for sock in sockets]
 
     async def stop_accepting(self) -> None:
         for server in self._servers:

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from gateway.errors import StoreError
+from gateway.errors import ReplyError, StoreError
 
 #: Timers may fire up to a clock tick early; deadlines closer than this count as reached.
 SLACK = 0.001
@@ -47,15 +47,6 @@ Arg = bytes | str | int | float
 #: A reply: bytes (bulk and simple strings), int, None (nil), a list of replies, or, inside
 #: an array only, a ReplyError (a top-level error reply is raised instead).
 Reply = object
-
-
-class ReplyError(StoreError):
-    """Redis answered a command with an error reply; the connection stays usable."""
-
-    @property
-    def code(self) -> str:
-        """The error's first word, by Redis convention its kind: ``ERR``, ``NOSCRIPT``..."""
-        return str(self).partition(" ")[0]
 
 
 class ProtocolError(Exception):

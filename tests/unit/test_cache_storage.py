@@ -7,7 +7,15 @@ import asyncio
 from gateway.config.models import StoreSpec
 from gateway.errors import StoreError
 from gateway.observability.metrics import Metrics
-from gateway.policies.cache.entry import Entry, Settings, dump, load, parse_tags, stored_headers
+from gateway.policies.cache.entry import (
+    FIELDS,
+    Entry,
+    Settings,
+    dump,
+    load,
+    parse_tags,
+    stored_headers,
+)
 from gateway.policies.cache.fields import format_http_date
 from gateway.policies.cache.invalidation import BanList, Invalidation, Matcher
 from gateway.policies.cache.memory import MemoryTier
@@ -58,7 +66,7 @@ def test_stored_headers_drop_per_hop_private_and_tag_fields_and_add_date() -> No
 
 
 def fields(e: Entry) -> dict[str, object]:
-    return {name: getattr(e, name) for name in Entry.__slots__}
+    return {name: getattr(e, name) for name in FIELDS}
 
 
 def rich_entry(settings: Settings = SETTINGS) -> Entry:

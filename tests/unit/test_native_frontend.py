@@ -177,12 +177,14 @@ async def serving(handler: Handler = echo, config: str = CONFIG) -> AsyncIterato
     runtime = Runtime(loaded, transport_factory=lambda upstream: transport)
     await runtime.start()
     frontend = NativeFrontend(runtime, parsed)
-    await frontend.start()
-    gateway = Gateway(frontend, runtime, transport, frontend.addresses[0][1])
+    gateway: Gateway | None = None
     try:
+        await frontend.start()
+        # Inside the try: a listener left open would hang uvloop's loop.close().
+        gateway = Gateway(frontend, runtime, transport, frontend.addresses[0][1])
         yield gateway
     finally:
-        for client in gateway.clients:
+        for client in gateway.clients if gateway is not None else []:
             await client.close()
         await frontend.stop_accepting()
         await frontend.drain(1.0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +17,7 @@ from gateway.stores.resp import (
     ReplyError,
     RespClient,
     RespParser,
+    _Connection,
     encode,
 )
 
@@ -189,20 +193,50 @@ def test_single_server_urls_use_the_resp_client() -> None:
 
 
 def test_a_script_call_is_encoded_like_the_same_evalsha_and_keeps_its_eval() -> None:
+    loop = asyncio.new_event_loop()
     client = RespClient("s", Address("127.0.0.1", 6379), 1.0, None)
-    sent: list[tuple[bytes, object]] = []
+    conn = _Connection(client, loop)  # an open connection, on a transport that records
+    written: list[bytes] = []
 
-    class Open:
-        closed = False
+    class Recorder:
+        def write(self, data: bytes) -> None:
+            written.append(data)
 
-        def send(self, data: bytes, fallback: object = None) -> None:
-            sent.append((data, fallback))
+    conn.transport = Recorder()  # type: ignore[assignment]
+    conn.made = True
+    client._conn = conn
 
-    client._conn = Open()  # type: ignore[assignment]
+    def sent() -> tuple[bytes, object]:
+        conn.waiters.pop().cancel()  # leave the connection idle: the next write goes out
+        conn.deadlines.pop()
+        return written.pop(), conn.fallbacks.pop()
+
     args = (100.0, 10_000_000.0, 7)
+    try:
+        _check_script_calls(client, args, sent)
+    finally:
+        loop.close()
+
+
+def _check_script_calls(
+    client: RespClient,
+    args: tuple[float, float, int],
+    sent: Callable[[], tuple[bytes, object]],
+) -> None:
     for keys in (["k"], ["a", "bé"], []):
         for call_args in (args, args, list(args)):  # the second call reuses the encoding
             client.call_script(b"f" * 40, b"return 1", keys, call_args)
-            data, fallback = sent.pop()
+            data, fallback = sent()
             assert data == encode((b"EVALSHA", b"f" * 40, len(keys), *keys, *args))
             assert fallback == (b"EVAL", b"return 1", len(keys), *keys, *call_args)
+
+
+def test_error_replies_can_be_weakly_referenced() -> None:
+    # A compiled class with a Python base breaks weak references to its instances (the
+    # process crashed when the last one went); ReplyError is kept out of compiled code.
+    import gc
+    import weakref
+
+    refs = [weakref.ref(RespParser().feed(b"-ERR x\r\n")[0]) for _ in range(100)]
+    gc.collect()
+    assert all(ref() is None for ref in refs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gateway.policies.cache.fields import format_http_date
 from gateway.policies.cache.rules import (
@@ -93,38 +94,62 @@ class Settings:
         return self.max_ttl + self.stale_cap
 
 
+#: Every attribute of an :class:`Entry` (the compiled build's classes have no
+#: ``__slots__`` to read).
+FIELDS = (
+    "age_value",
+    "body",
+    "etag",
+    "headers",
+    "heuristics",
+    "host",
+    "initial_age",
+    "keep",
+    "last_modified",
+    "lifetime",
+    "max_stale_ok",
+    "no_cache",
+    "not_modified_headers",
+    "reason",
+    "request_time",
+    "response_time",
+    "select_names",
+    "select_values",
+    "send_headers",
+    "sie",
+    "size",
+    "stale_ok",
+    "status",
+    "swr",
+    "tags",
+    "url",
+    "validator_time",
+)
+
+
+class Stored(NamedTuple):
+    """The facts a shared-tier value keeps beside the response (see :func:`load`): with
+    the writer's settings they are taken as stored instead of derived again."""
+
+    lifetime: float
+    initial_age: float
+    no_cache: bool
+    swr: float
+    sie: float
+    max_stale_ok: bool
+    stale_ok: bool
+    etag: bytes | None
+    last_modified: bytes | None
+    validator_time: float
+    keep: float
+    not_modified_headers: Headers
+    size: int
+
+
 class Entry:
     """One stored variant, ready to send."""
 
-    __slots__ = (
-        "age_value",
-        "body",
-        "etag",
-        "headers",
-        "heuristics",
-        "host",
-        "initial_age",
-        "keep",
-        "last_modified",
-        "lifetime",
-        "max_stale_ok",
-        "no_cache",
-        "not_modified_headers",
-        "reason",
-        "request_time",
-        "response_time",
-        "select_names",
-        "select_values",
-        "send_headers",
-        "sie",
-        "size",
-        "stale_ok",
-        "status",
-        "swr",
-        "tags",
-        "url",
-        "validator_time",
-    )
+    __slots__ = FIELDS
 
     def __init__(
         self,
@@ -144,6 +169,7 @@ class Entry:
         heuristics: bool,
         settings: Settings,
         facts: ResponseFacts | None = None,
+        stored: Stored | None = None,
     ) -> None:
         self.url = url
         self.host = host
@@ -158,6 +184,24 @@ class Entry:
         self.select_values = select_values
         self.tags = tags
         self.heuristics = heuristics
+        self.send_headers: Headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if stored is not None:
+            (
+                self.lifetime,
+                self.initial_age,
+                self.no_cache,
+                self.swr,
+                self.sie,
+                self.max_stale_ok,
+                self.stale_ok,
+                self.etag,
+                self.last_modified,
+                self.validator_time,
+                self.keep,
+                self.not_modified_headers,
+                self.size,
+            ) = stored
+            return
         if facts is None:
             facts = response_facts(status, headers)
         self.lifetime = freshness_lifetime(
@@ -185,8 +229,7 @@ class Entry:
         self.validator_time = reference if reference is not None else response_time
         extra = max(self.swr, self.sie, settings.max_ttl if facts.validators else 0.0)
         self.keep = min(self.lifetime + extra, settings.horizon)
-        self.send_headers: Headers = [*headers, (b"content-length", str(len(body)).encode())]
-        self.not_modified_headers: Headers = [
+        self.not_modified_headers = [
             (k, v) for k, v in headers if k.lower() in _NOT_MODIFIED_FIELDS
         ]
         self.size = (
@@ -327,9 +370,6 @@ def _separator(data: bytes) -> int | None:
     return None
 
 
-_new_entry = Entry.__new__
-
-
 def load(blob: bytes, settings: Settings) -> list[Entry]:
     """The variants in a shared-tier value; [] for anything unreadable (a miss, not a fault).
 
@@ -381,43 +421,31 @@ def load(blob: bytes, settings: Settings) -> list[Entry]:
             not_modified: Headers = list(zip(pairs, pairs, strict=True))
             url = parts[1].decode("utf-8", _TEXT)
             host = parts[2].decode("utf-8", _TEXT)
-            if not same:  # written under other settings: derive the facts again
-                out.append(
-                    Entry(url=url, host=host, status=status, reason=parts[0], headers=headers,
-                          body=body, request_time=request_time, response_time=response_time,
-                          age_value=age_value, select_names=names, select_values=values,
-                          tags=tags, heuristics=(flags & _HEURISTICS) != 0, settings=settings)
-                )  # fmt: skip
-                continue
-            e = _new_entry(Entry)
-            e.url = url
-            e.host = host
-            e.status = status
-            e.reason = parts[0]
-            e.headers = headers
-            e.body = body
-            e.request_time = request_time
-            e.response_time = response_time
-            e.age_value = age_value
-            e.select_names = names
-            e.select_values = values
-            e.tags = tags
-            e.heuristics = (flags & _HEURISTICS) != 0
-            e.lifetime = lifetime
-            e.initial_age = initial_age
-            e.no_cache = (flags & _NO_CACHE) != 0
-            e.swr = swr
-            e.sie = sie
-            e.max_stale_ok = (flags & _MAX_STALE_OK) != 0
-            e.stale_ok = (flags & _STALE_OK) != 0
-            e.etag = etag
-            e.last_modified = last_modified
-            e.validator_time = validator_time
-            e.keep = keep
-            e.send_headers = [*headers, (b"content-length", b"%d" % body_len)]
-            e.not_modified_headers = not_modified
-            e.size = size
-            out.append(e)
+            # Written under other settings: derive the facts again; else take them.
+            stored = None
+            if same:
+                stored = Stored(
+                    lifetime,
+                    initial_age,
+                    (flags & _NO_CACHE) != 0,
+                    swr,
+                    sie,
+                    (flags & _MAX_STALE_OK) != 0,
+                    (flags & _STALE_OK) != 0,
+                    etag,
+                    last_modified,
+                    validator_time,
+                    keep,
+                    not_modified,
+                    size,
+                )
+            out.append(
+                Entry(url=url, host=host, status=status, reason=parts[0], headers=headers,
+                      body=body, request_time=request_time, response_time=response_time,
+                      age_value=age_value, select_names=names, select_values=values,
+                      tags=tags, heuristics=(flags & _HEURISTICS) != 0, settings=settings,
+                      stored=stored)
+            )  # fmt: skip
         if offset != len(blob):
             return []
         return out
