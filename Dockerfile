@@ -11,13 +11,22 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---- build: a wheel for the gateway and for each of its dependencies ----------------------
+# The gateway's wheel has its request path compiled with mypyc (setup.py), which needs a
+# C compiler, mypy, and the dependencies installed for mypy to check against.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY gateway ./gateway
-RUN pip wheel --wheel-dir /wheels .
+RUN pip install "setuptools>=68" wheel "mypy>=1.10" types-PyYAML \
+    && GATEWAY_COMPILE=0 pip wheel --wheel-dir /wheels . \
+    && pip install --no-index --find-links=/wheels policy-gateway \
+    && rm /wheels/policy_gateway-*.whl \
+    && pip wheel --no-build-isolation --no-deps --wheel-dir /wheels .
 
 # The default policy file is the example, listening on every interface: a container's
 # loopback is its own. The greps fail the build if the example's layout ever changes.
@@ -45,6 +54,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels /wheels/policy_gateway-*.whl \
+    && python -c "import sys; from gateway import build; print('gateway:', build.describe()); sys.exit(not build.compiled_modules())" \
     && groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin gateway

@@ -1311,6 +1311,9 @@ def fast_path_status(python: str) -> str:
     ):
         ok = _importable(python, module)
         parts.append(f"{what}: {'present' if ok else 'MISSING, ' + fallback}")
+    code = "from gateway import build; print(build.describe())"
+    build = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    parts.append(f"build: {build.stdout.strip() or 'unknown'}")
     return "; ".join(parts)
 
 

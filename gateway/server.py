@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import uvicorn
 
+from gateway import build
 from gateway.admin.app import build_admin_app
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, split_host_port
@@ -75,6 +76,9 @@ def uvicorn_server(app: object, address: str, config: GatewayConfig, *, proxy: b
             host=host,
             port=port,
             lifespan="off",
+            # Said, not detected: uvicorn's detection does not see that a compiled
+            # function is a coroutine function, and would take it for ASGI 2.
+            interface="asgi3",
             http=limited_protocol(limits) if proxy else "httptools",
             ws="websockets-sansio" if proxy else "none",
             log_level="warning",
@@ -283,8 +287,8 @@ async def serve(
         raise
     signals.ready()
     if link is None:
-        log.info("gateway listening on %s (%s), admin on %s", config.listen, config.server,
-                 config.admin)  # fmt: skip
+        log.info("gateway listening on %s (%s, %s), admin on %s", config.listen,
+                 config.server, build.describe(), config.admin)  # fmt: skip
     else:
         link.ready()
     await stop.wait()

@@ -69,6 +69,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway import build
 from gateway.config.loader import LoadedConfig, load_text
 from gateway.config.models import split_host_port
 from gateway.config.snapshot import Snapshot
@@ -197,8 +198,8 @@ class Supervisor:
             if isinstance(exc, Exception):
                 return 1
             raise
-        log.info("gateway listening on %s (%s, %d workers), admin on %s",
-                 listen, config.server, config.workers, config.admin)  # fmt: skip
+        log.info("gateway listening on %s (%s, %d workers, %s), admin on %s", listen,
+                 config.server, config.workers, build.describe(), config.admin)  # fmt: skip
         signals.ready()
         watchers = [asyncio.create_task(self._watch(w)) for w in self.workers]
         await stop.wait()
@@ -224,7 +225,8 @@ class Supervisor:
         backoff = 1.0
         while True:
             code = await worker.wait()
-            if self.stopping:
+            stopping = self.stopping  # a local, so the test below reads the flag afresh
+            if stopping:
                 return
             young = time.monotonic() - worker.started_at < 5.0
             backoff = min(backoff * 2, 30.0) if young else 1.0
