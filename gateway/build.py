@@ -104,7 +104,8 @@ def describe() -> str:
     compiled = compiled_modules()
     if not compiled:
         return "pure Python"
-    text = f"compiled with mypyc ({len(compiled)} modules)"
+    count = len(compiled)
+    text = f"compiled with mypyc ({count} module{'' if count == 1 else 's'})"
     stale = stale_modules()
     if stale:
         text += f"; OLDER THAN THEIR SOURCE, rebuild with scripts/setup: {', '.join(stale)}"
