@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -234,9 +236,6 @@ def _check_script_calls(
 def test_error_replies_can_be_weakly_referenced() -> None:
     # A compiled class with a Python base breaks weak references to its instances (the
     # process crashed when the last one went); ReplyError is kept out of compiled code.
-    import gc
-    import weakref
-
     refs = [weakref.ref(RespParser().feed(b"-ERR x\r\n")[0]) for _ in range(100)]
     gc.collect()
     assert all(ref() is None for ref in refs)
