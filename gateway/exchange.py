@@ -7,6 +7,7 @@ and lookups compare case-insensitively, so nothing is converted per request.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -213,6 +214,7 @@ class Exchange:
         "scratch",
         "span",
         "start",
+        "store_call",
         "trace_id",
         "upstream_duration",
     )
@@ -270,6 +272,9 @@ class Exchange:
         #: limiter's ``RateLimit``); the front-end appends them: see :meth:`answered`.
         self.response_fields: tuple[Header, ...] = ()
         self._complete: list[CompleteCallback] | None = None
+        #: A store call a policy started before its coroutine ran (from
+        #: ``Policy.decide_now``): the policy and the call's future, taken by that policy.
+        self.store_call: tuple[object, asyncio.Future[object]] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header; ``name`` is lower-case bytes."""

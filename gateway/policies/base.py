@@ -85,8 +85,11 @@ class Policy(Generic[C]):
     def decide_now(self, exchange: Exchange) -> Response | Later | None:
         """Decide without awaiting, before any coroutine runs: the answer, None (passed,
         with its decision recorded and its response fields added), or :data:`LATER`
-        (nothing done: the policy runs as usual, from ``__call__``). Asked only when
-        ``decides_now`` is true, the policy enforces, and every policy above it passed.
+        (the policy runs as usual, from ``__call__``, which is then the next thing to run
+        for this request). Asked only when ``decides_now`` is true, the policy enforces,
+        and every policy above it passed. A policy that must wait may start here what it
+        waits for (a rate limiter's store call, kept in ``exchange.store_call``) and
+        return LATER: the wait then overlaps the request's way down to ``__call__``.
         """
         return LATER
 

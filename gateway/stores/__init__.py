@@ -6,6 +6,8 @@ Capabilities:
 * :class:`Counters`: ``incr`` with expiry;
 * :class:`Scripts`: ``run(name, keys, args)``: an atomic server-side operation
   (a Lua file in ``lua/`` on Redis, a registered Python function in memory);
+* :class:`StartsScripts`: ``start(name, keys, args)``: a script's call sent at once,
+  from synchronous code, when the store can (a Redis store's own connection);
 * :class:`PubSub`: ``publish`` / ``subscribe`` (invalidation between replicas).
 
 Every call raises :class:`gateway.errors.StoreError` on failure or after the store's
@@ -16,6 +18,7 @@ request.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -45,6 +48,17 @@ class Counters(Protocol):
 class Scripts(Protocol):
     def run(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Awaitable[object]:
         """The script's reply (an ``async def`` will do)."""
+        ...
+
+
+@runtime_checkable
+class StartsScripts(Protocol):
+    def start(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> asyncio.Future[object] | None:
+        """``run``'s call, sent now: its reply's future, or None when it cannot be sent
+        without awaiting (then ``run`` it). A future nobody awaits must still be
+        retrieved (``exception()``) once done, or asyncio logs its error."""
         ...
 
 

@@ -175,6 +175,20 @@ class RedisStore:
             return self._load_and_run(resp, name, keys, args)
         return self._call(f"script {name}", lambda: self._run_redis_py(name, keys, args))
 
+    def start(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> asyncio.Future[object] | None:
+        """The script's call, written to Redis now: its reply's future; None when it
+        cannot be sent without awaiting (no open connection yet, the script not loaded
+        yet, or a client that redis-py serves), and ``run`` is the way."""
+        resp = self.resp
+        if resp is None:
+            return None
+        sha = self._shas.get(name)
+        if sha is None:
+            return None
+        return resp.start_script(sha, self._scripts[name], keys, args)
+
     async def _load_and_run(
         self, resp: RespClient, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
     ) -> object:

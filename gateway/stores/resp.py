@@ -392,6 +392,27 @@ class RespClient:
     ) -> Awaitable[Reply]:
         """``EVALSHA sha``; if Redis no longer knows the script (restarted, flushed), the
         connection sends ``EVAL script`` in its place, which also caches it again."""
+        data, fallback = self._script_command(sha, script, keys, args)
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn.send(data, fallback)
+        return self._connect_and_call(data, fallback)
+
+    def start_script(
+        self, sha: bytes, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> asyncio.Future[Reply] | None:
+        """:meth:`call_script` written now, on an open connection: the reply's future;
+        None when there is no open connection (``call_script`` connects first)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        data, fallback = self._script_command(sha, script, keys, args)
+        return conn.send(data, fallback)
+
+    def _script_command(
+        self, sha: bytes, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> tuple[bytes, tuple[Arg, ...]]:
+        """``EVALSHA``, encoded, and the ``EVAL`` sent in its place on NOSCRIPT."""
         params = (len(keys), *keys, *args)
         fallback = (b"EVAL", script, *params)
         # A caller passes the same arguments object call after call (a limiter's rate and
@@ -410,10 +431,7 @@ class RespClient:
             bulks(keys),
             encoded_args,
         )
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            return conn.send(data, fallback)
-        return self._connect_and_call(data, fallback)
+        return data, fallback
 
     async def close(self) -> None:
         task, self._connecting = self._connecting, None
