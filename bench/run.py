@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import limiter_latency
 from variants import CACHEABLE_PATH, DEFAULT_VARIANTS, GROUPS, VARIANTS, Variant, expand, fill
 
 BENCH = Path(__file__).resolve().parent
@@ -1464,6 +1465,7 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
         if t.cache_compared and not t.failed:
             t.sample = sample_response(t)
             print(f"  {t.name}: sample after warm-up: {t.sample}", flush=True)
+    rtts: list[dict[str, Any] | None] = []  # the Redis round trip, once a round
     for round_no in range(1, args.rounds + 1):
         print(f"round {round_no}/{args.rounds}", flush=True)
         for t in targets:
@@ -1471,6 +1473,16 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
         if args.latency_duration > 0:
             for t in targets:
                 measure(args, t, "latency")
+            if "redis" in placeholders:
+                rtts.append(
+                    limiter_latency.measure_rtt(
+                        args.python,
+                        placeholders["redis"],
+                        args.latency_duration,
+                        args.taskset,
+                        args.proxy_cpu,
+                    )
+                )
     if not upstream.alive():
         raise BenchError("the upstream died during the run\n" + upstream.log_tail())
 
@@ -1489,7 +1501,12 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
             seen = fmt(t.upstream_seen, ",d", "(not counted)")
             print(f"  {t.name}: the upstream answered {seen} {CACHEABLE_PATH} requests in its runs")
     summary = summarize(targets)
+    summary["rate_limit"] = limiter_latency.summarize(targets, rtts)
     print_table(summary, args)
+    if summary["rate_limit"] and args.latency_duration > 0:
+        limiter_latency.print_table(
+            summary["rate_limit"], args.rounds, args.latency_duration, _print_markdown
+        )
     if args.json:
         summary["machine"] = describe_machine(args)
         summary["settings"] = {
@@ -1508,6 +1525,7 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
             )
         }
         summary["raw"] = {t.name: {"runs": t.runs, "latency": t.latency} for t in targets}
+        summary["raw"]["redis_round_trip"] = rtts
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return (
         1
