@@ -25,13 +25,14 @@ Design
   each worker counts the reload it applied, and the supervisor's would count it once
   more. ``sum without (worker) (...)`` gives the pod's totals (for
   ``gateway_config_info``, filter ``worker!="supervisor"`` to see the workers' configs).
-* **Admin calls that act on the serving Runtime** (listed in :data:`FORWARDED`; today
-  only ``POST /admin/cache/purge``) are not run by the supervisor: with a valid bearer
-  token it sends the HTTP request over each socketpair (an ``A`` frame), each worker
-  runs it through its own admin app on its live Runtime, and the supervisor combines
-  the answers (for a purge: ``removed_here`` summed, per-worker details under
-  ``workers``; a worker's error answer is returned as is; a worker that does not answer
-  within 5 s turns the answer into a 504 that still reports the others). With shared
+* **Admin calls that act on, or report, the serving Runtime** (listed in
+  :data:`FORWARDED`: ``POST /admin/cache/purge`` and ``GET /admin/cache``) are not run
+  by the supervisor: with a valid bearer token it sends the HTTP request over each
+  socketpair (an ``A`` frame), each worker runs it through its own admin app on its live
+  Runtime, and the supervisor combines the answers (for a purge: ``removed_here``
+  summed; for the status: each policy's in-process tier summed; per-worker details
+  under ``workers``; a worker's error answer is returned as is; a worker that does not
+  answer within 5 s turns the answer into a 504 that still reports the others). With shared
   cache stores each worker also publishes its purge, so the ban log gets one entry per
   worker (harmless: replicas apply each once).
 * **Reload**: the supervisor alone reads the file. On a change, SIGHUP or

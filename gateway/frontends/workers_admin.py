@@ -113,6 +113,18 @@ def _unanimous_error(indices: list[int], answers: list[AdminAnswer | None]) -> A
     return None
 
 
+def _combined(
+    indices: list[int], answers: list[AdminAnswer | None], combined: dict[str, Any], lost: str
+) -> AdminAnswer:
+    """``combined`` as the answer: 200, or 504 naming the workers that did not answer
+    (``lost`` says what that means) with ``combined`` still in it."""
+    missing = [i for i, a in zip(indices, answers, strict=True) if a is None]
+    if missing:
+        detail = f"workers {missing} did not answer in {ADMIN_TIMEOUT:g}s: {lost}"
+        return _problem(504, "workers-timeout", "Gateway Timeout", detail, **combined)
+    return AdminAnswer(200, [("content-type", "application/json")], orjson.dumps(combined))
+
+
 def combine_purge(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer:
     """One answer for a cache purge every worker applied: removed entries summed.
 
@@ -128,18 +140,44 @@ def combine_purge(indices: list[int], answers: list[AdminAnswer | None]) -> Admi
     combined["replicated"] = all(doc["replicated"] for doc in docs.values())
     combined["workers"] = {str(i): {"id": doc["id"], "removed_here": doc["removed_here"]}
                            for i, doc in docs.items()}  # fmt: skip
-    missing = [i for i, a in zip(indices, answers, strict=True) if a is None]
-    if missing:
-        detail = f"workers {missing} did not answer in {ADMIN_TIMEOUT:g}s: the purge may not "
-        detail += "have reached them"
-        return _problem(504, "workers-timeout", "Gateway Timeout", detail, **combined)
-    return AdminAnswer(200, [("content-type", "application/json")], orjson.dumps(combined))
+    return _combined(indices, answers, combined, "the purge may not have reached them")
 
 
-#: Admin calls that act on the Runtime serving traffic, so on every worker's: what the
-#: supervisor's own Runtime would do is not enough. Anything else stays in the supervisor.
+def combine_cache_status(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer:
+    """One ``GET /admin/cache`` for the workers: each policy's in-process tier summed over
+    the workers (every worker runs the same config, so the policies line up), bans as the
+    most any worker holds, and each worker's own answer under ``workers``. A worker that
+    did not answer in time turns it into a 504 that still shows the others."""
+    error = _unanimous_error(indices, answers)
+    if error is not None:
+        return error
+    docs = {i: a.json() for i, a in zip(indices, answers, strict=True) if a is not None}
+    first = next(iter(docs.values()))
+    policies = []
+    for n, policy in enumerate(first["policies"]):
+        entry = dict(policy)
+        same = [doc["policies"][n] for doc in docs.values() if n < len(doc["policies"])]
+        if entry["memory"] is not None:
+            sizes = [p["memory"] for p in same if p["memory"] is not None]
+            entry["memory"] = {k: sum(int(size[k]) for size in sizes)
+                               for k in ("bytes", "max_bytes", "urls")}  # fmt: skip
+        entry["background"] = sum(int(p["background"]) for p in same)
+        policies.append(entry)
+    combined: dict[str, Any] = {
+        "policies": policies,
+        "bans": max(int(doc["bans"]) for doc in docs.values()),
+        "shared_stores": first["shared_stores"],
+        "workers": {str(i): doc for i, doc in docs.items()},
+    }
+    return _combined(indices, answers, combined, "their tiers are not counted")
+
+
+#: Admin calls that act on, or report, the Runtime serving traffic, so every worker's:
+#: what the supervisor's own Runtime would do or say is not enough. Anything else stays
+#: in the supervisor.
 FORWARDED: dict[tuple[str, str], Combiner] = {
     ("POST", "/admin/cache/purge"): combine_purge,
+    ("GET", "/admin/cache"): combine_cache_status,
 }
 
 

@@ -1,6 +1,7 @@
 """``workers: 2``: the supervisor's admin port speaks for the workers that serve traffic.
 
-* a cache purge through the admin API reaches every worker's memory tier;
+* a cache purge through the admin API reaches every worker's memory tier, and the
+  cache status reports the workers' tiers, not the supervisor's;
 * the supervisor's own Runtime (for ``/admin/config``, ``/admin/routes`` and reload
   validation) starts no policy background work: cache warming is the workers' job;
 * a reload the supervisor refused shows in the merged ``/metrics``.
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from gateway.frontends.workers_admin import combine_purge
+from gateway.frontends.workers_admin import combine_cache_status, combine_purge
 from gateway.frontends.workers_protocol import AdminAnswer
 from tests.integration.cache_helpers import cache_config, purge, resource, stats
 from tests.integration.conftest import GatewayFactory
@@ -63,12 +64,27 @@ def test_purge_reaches_every_worker(start_gateway: GatewayFactory, upstream: Ups
     assert both_stored(), per_worker(gw, "gateway_cache_memory_entries")
     assert stats(upstream, name)["requests"] == 2  # one miss per worker
 
+    # The status is the workers': their in-process tiers summed, each one's own listed.
+    status, _, body = gw.admin("/admin/cache")
+    cache = json.loads(body)
+    assert status == 200, cache
+    assert [p["memory"]["urls"] for p in cache["policies"]] == [2], cache
+    assert sorted(cache["workers"]) == ["0", "1"], cache
+    assert [w["policies"][0]["memory"]["urls"] for w in cache["workers"].values()] == [1, 1]
+    assert (
+        cache["policies"][0]["memory"]["max_bytes"]
+        == 2 * (cache["workers"]["0"]["policies"][0]["memory"]["max_bytes"])
+    )
+    assert gw.admin("/admin/cache", token="wrong")[0] == 401
+
     status, doc = purge(gw, {"tag": "purge-me"})
     assert status == 200, doc
     assert doc["removed_here"] == 2, doc  # one entry in each worker
     assert doc["purged"] == {"kind": "tag", "value": "purge-me", "host": None}
     assert sorted(doc["workers"]) == ["0", "1"], doc
     assert per_worker(gw, "gateway_cache_memory_entries") == {"0": 0.0, "1": 0.0}
+    cache = json.loads(gw.admin("/admin/cache")[2])
+    assert [p["memory"]["urls"] for p in cache["policies"]] == [0], cache
     assert per_worker(gw, "gateway_cache_invalidations_total", source="admin") == {
         "0": 1.0,
         "1": 1.0,
@@ -157,3 +173,28 @@ def test_a_worker_that_does_not_answer_turns_a_purge_into_a_504() -> None:
     assert combine_purge([0, 1], [ok, bad]) is bad
     both = combine_purge([0, 1], [ok, ok])
     assert both.status == 200 and json.loads(both.body)["removed_here"] == 6
+
+
+def test_the_cache_status_sums_the_workers_and_survives_a_silent_one() -> None:
+    def status(urls: int, background: int, bans: int) -> AdminAnswer:
+        memory = {"bytes": 100 * urls, "max_bytes": 1000, "urls": urls}
+        policy = {"route": "api", "mode": "enforce", "stores": ["memory"], "memory": memory,
+                  "background": background}  # fmt: skip
+        doc = {"policies": [policy], "bans": bans, "shared_stores": []}
+        return AdminAnswer(200, [("content-type", "application/json")], json.dumps(doc).encode())
+
+    both = combine_cache_status([0, 1], [status(2, 1, 0), status(3, 0, 1)])
+    body = json.loads(both.body)
+    assert both.status == 200
+    assert body["policies"][0]["memory"] == {"bytes": 500, "max_bytes": 2000, "urls": 5}
+    assert body["policies"][0]["background"] == 1 and body["bans"] == 1
+    assert body["workers"]["1"]["policies"][0]["memory"]["urls"] == 3
+    partial = combine_cache_status([0, 1], [None, status(3, 0, 0)])
+    body = json.loads(partial.body)
+    assert partial.status == 504 and "[0]" in body["detail"]
+    assert body["policies"][0]["memory"]["urls"] == 3 and list(body["workers"]) == ["1"]
+    assert combine_cache_status([0, 1], [None, None]).status == 504
+    empty = AdminAnswer(
+        200, [], json.dumps({"policies": [], "bans": 0, "shared_stores": []}).encode()
+    )
+    assert json.loads(combine_cache_status([0, 1], [empty, empty]).body)["policies"] == []
