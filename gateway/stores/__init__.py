@@ -57,8 +57,9 @@ class StartsScripts(Protocol):
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
     ) -> asyncio.Future[object] | None:
         """``run``'s call, sent now: its reply's future, or None when it cannot be sent
-        without awaiting (then ``run`` it). A future nobody awaits must still be
-        retrieved (``exception()``) once done, or asyncio logs its error."""
+        without awaiting (then ``run`` it). The caller may drop the future unawaited
+        (its request went away): a failure set on it must not be logged as never
+        retrieved."""
         ...
 
 

@@ -198,6 +198,14 @@ class RespParser:
 # --- the connection ---------------------------------------------------------------------
 
 
+def _fail(future: asyncio.Future[Reply], exc: Exception) -> None:
+    """Fail ``future`` with ``exc``, marked as retrieved: a caller that awaits it still
+    gets ``exc`` raised, and a call nobody awaits (a rate limiter's call sent as its
+    request was routed, whose client then left) is not logged as never retrieved."""
+    future.set_exception(exc)
+    future.exception()
+
+
 class _Connection(asyncio.Protocol):
     """One connection; pending commands wait in ``waiters``, deadlines in ``deadlines``."""
 
@@ -311,7 +319,7 @@ class _Connection(asyncio.Protocol):
                 if fallback is not None and reply.code == "NOSCRIPT" and not self.closed:
                     self._queue(encode(fallback), future, None)  # replies keep their order
                     continue
-                future.set_exception(reply)
+                _fail(future, reply)
             else:
                 future.set_result(reply)
 
@@ -356,7 +364,7 @@ class _Connection(asyncio.Protocol):
         while waiters:
             future = waiters.popleft()
             if not future.done():
-                future.set_exception(StoreError(message))
+                _fail(future, StoreError(message))
 
 
 # --- the client -------------------------------------------------------------------------

@@ -30,7 +30,6 @@ state shared between requests is that deadline (and the counters in the store).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable
 from typing import Any, ClassVar, cast
@@ -92,11 +91,6 @@ class _LimitFields(dict[tuple[int, int], tuple[Header, Header]]):
             self.clear()
         self[state] = fields
         return fields
-
-
-def _retrieve(call: asyncio.Future[object]) -> None:
-    if not call.cancelled():
-        call.exception()
 
 
 async def _answer(response: Response) -> Response:
@@ -274,9 +268,6 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             return
         call = start(self._script, (self._key_of(self._prefix + bucket),), self._args)
         if call is not None:
-            # Retrieved even if the request goes before _decide takes it (its client
-            # left): a failure nobody awaits would be logged as never retrieved.
-            call.add_done_callback(_retrieve)
             exchange.store_call = (self, call)
 
     def _store_call(self, exchange: Exchange, bucket: str) -> Awaitable[object] | None:
