@@ -52,6 +52,7 @@ COMPILED = [
     "gateway.policies.rate_limit.policy",
     "gateway.stores.redis",
     "gateway.stores.resp",
+    "gateway.stores.resp_codec",
     "gateway.transport.forward",
     "gateway.transport.headers",
     "gateway.transport.native",
