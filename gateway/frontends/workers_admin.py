@@ -144,29 +144,36 @@ def combine_purge(indices: list[int], answers: list[AdminAnswer | None]) -> Admi
 
 
 def combine_cache_status(indices: list[int], answers: list[AdminAnswer | None]) -> AdminAnswer:
-    """One ``GET /admin/cache`` for the workers: each policy's in-process tier summed over
-    the workers (every worker runs the same config, so the policies line up), bans as the
-    most any worker holds, and each worker's own answer under ``workers``. A worker that
-    did not answer in time turns it into a 504 that still shows the others."""
+    """One ``GET /admin/cache`` for the workers: each route's cache policy with its
+    in-process tier and background tasks summed over the workers that run it, bans as
+    the most any worker holds, and each worker's own answer under ``workers``.
+
+    Policies are matched by route (one cache policy per route). While a reload reaches
+    the workers one by one their policies may differ: every route any worker has is
+    listed, its mode and tiers as the lowest-numbered worker that has it reports them,
+    and ``consistent`` is false. A worker that did not answer in time turns it into a 504
+    that still shows the others."""
     error = _unanimous_error(indices, answers)
     if error is not None:
         return error
     docs = {i: a.json() for i, a in zip(indices, answers, strict=True) if a is not None}
-    first = next(iter(docs.values()))
-    policies = []
-    for n, policy in enumerate(first["policies"]):
-        entry = dict(policy)
-        same = [doc["policies"][n] for doc in docs.values() if n < len(doc["policies"])]
-        if entry["memory"] is not None:
-            sizes = [p["memory"] for p in same if p["memory"] is not None]
-            entry["memory"] = {k: sum(int(size[k]) for size in sizes)
-                               for k in ("bytes", "max_bytes", "urls")}  # fmt: skip
-        entry["background"] = sum(int(p["background"]) for p in same)
-        policies.append(entry)
+    by_route: dict[str, dict[str, Any]] = {}
+    for doc in docs.values():
+        for policy in doc["policies"]:
+            entry = by_route.get(policy["route"])
+            if entry is None:
+                by_route[policy["route"]] = dict(policy)
+                continue
+            entry["background"] = int(entry["background"]) + int(policy["background"])
+            mine, theirs = entry["memory"], policy["memory"]
+            if mine is not None and theirs is not None:
+                entry["memory"] = {k: int(mine[k]) + int(theirs[k]) for k in mine}
+    routes = [sorted(p["route"] for p in doc["policies"]) for doc in docs.values()]
     combined: dict[str, Any] = {
-        "policies": policies,
+        "policies": list(by_route.values()),
         "bans": max(int(doc["bans"]) for doc in docs.values()),
-        "shared_stores": first["shared_stores"],
+        "shared_stores": sorted({s for doc in docs.values() for s in doc["shared_stores"]}),
+        "consistent": all(r == routes[0] for r in routes),
         "workers": {str(i): doc for i, doc in docs.items()},
     }
     return _combined(indices, answers, combined, "their tiers are not counted")
@@ -204,12 +211,12 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-async def _respond(send: Any, answer: AdminAnswer) -> None:
+async def _respond(send: Any, answer: AdminAnswer, with_body: bool = True) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
                if k.lower() != "content-length"]  # fmt: skip
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
+    await send({"type": "http.response.body", "body": answer.body if with_body else b""})
 
 
 async def call_asgi(app: Any, request: AdminCall) -> AdminAnswer:
@@ -263,16 +270,20 @@ def _supervisor_admin(runtime: Runtime, metrics: ClusterMetrics, supervisor: Sup
     async def admin(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/metrics":
             await metrics.refresh()
-        combine = FORWARDED.get((scope.get("method", ""), scope.get("path", "")))
+        # HEAD is the GET without its body, also when the workers answer the GET.
+        head = scope.get("method") == "HEAD"
+        method = "GET" if head else scope.get("method", "")
+        combine = FORWARDED.get((method, scope.get("path", "")))
         if scope["type"] == "http" and combine is not None and _authorized(scope, token):
             request = AdminCall(
-                scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
+                method, scope["path"], scope["query_string"].decode("latin-1"),
                 [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
                 await _read_body(receive),
             )  # fmt: skip
             workers = list(supervisor.workers)
             answers = await asyncio.gather(*(w.admin(request) for w in workers))
-            await _respond(send, combine([w.index for w in workers], list(answers)))
+            answer = combine([w.index for w in workers], list(answers))
+            await _respond(send, answer, with_body=not head)
             return
         await app(scope, receive, send)
 

@@ -76,6 +76,9 @@ def test_purge_reaches_every_worker(start_gateway: GatewayFactory, upstream: Ups
         == 2 * (cache["workers"]["0"]["policies"][0]["memory"]["max_bytes"])
     )
     assert gw.admin("/admin/cache", token="wrong")[0] == 401
+    status, headers, head_body = gw.admin("/admin/cache", method="HEAD")
+    assert status == 200 and head_body == b""
+    assert headers["content-length"] == str(len(body))  # the GET's, without its body
 
     status, doc = purge(gw, {"tag": "purge-me"})
     assert status == 200, doc
@@ -176,25 +179,38 @@ def test_a_worker_that_does_not_answer_turns_a_purge_into_a_504() -> None:
 
 
 def test_the_cache_status_sums_the_workers_and_survives_a_silent_one() -> None:
-    def status(urls: int, background: int, bans: int) -> AdminAnswer:
-        memory = {"bytes": 100 * urls, "max_bytes": 1000, "urls": urls}
-        policy = {"route": "api", "mode": "enforce", "stores": ["memory"], "memory": memory,
-                  "background": background}  # fmt: skip
-        doc = {"policies": [policy], "bans": bans, "shared_stores": []}
+    def status(*policies: tuple[str, int, int], bans: int = 0) -> AdminAnswer:
+        doc = {
+            "policies": [
+                {"route": route, "mode": "enforce", "stores": ["memory"], "background": background,
+                 "memory": {"bytes": 100 * urls, "max_bytes": 1000, "urls": urls}}
+                for route, urls, background in policies
+            ],
+            "bans": bans,
+            "shared_stores": [],
+        }  # fmt: skip
         return AdminAnswer(200, [("content-type", "application/json")], json.dumps(doc).encode())
 
-    both = combine_cache_status([0, 1], [status(2, 1, 0), status(3, 0, 1)])
+    both = combine_cache_status([0, 1], [status(("api", 2, 1)), status(("api", 3, 0), bans=1)])
     body = json.loads(both.body)
-    assert both.status == 200
+    assert both.status == 200 and body["consistent"] is True
     assert body["policies"][0]["memory"] == {"bytes": 500, "max_bytes": 2000, "urls": 5}
     assert body["policies"][0]["background"] == 1 and body["bans"] == 1
     assert body["workers"]["1"]["policies"][0]["memory"]["urls"] == 3
-    partial = combine_cache_status([0, 1], [None, status(3, 0, 0)])
+
+    # Mid-reload the workers' routes differ: matched by route, every route listed.
+    mixed = combine_cache_status(
+        [0, 1], [status(("api", 2, 0), ("old", 4, 0)), status(("new", 1, 0), ("api", 3, 0))]
+    )
+    body = json.loads(mixed.body)
+    urls = {p["route"]: p["memory"]["urls"] for p in body["policies"]}
+    assert mixed.status == 200 and body["consistent"] is False
+    assert urls == {"api": 5, "old": 4, "new": 1}
+
+    partial = combine_cache_status([0, 1], [None, status(("api", 3, 0))])
     body = json.loads(partial.body)
     assert partial.status == 504 and "[0]" in body["detail"]
     assert body["policies"][0]["memory"]["urls"] == 3 and list(body["workers"]) == ["1"]
     assert combine_cache_status([0, 1], [None, None]).status == 504
-    empty = AdminAnswer(
-        200, [], json.dumps({"policies": [], "bans": 0, "shared_stores": []}).encode()
-    )
-    assert json.loads(combine_cache_status([0, 1], [empty, empty]).body)["policies"] == []
+    empty = combine_cache_status([0, 1], [status(), status()])
+    assert json.loads(empty.body)["policies"] == []
