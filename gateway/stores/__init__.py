@@ -53,6 +53,10 @@ class Scripts(Protocol):
 
 @runtime_checkable
 class StartsScripts(Protocol):
+    #: Whether ``start`` can ever send: False for a client that only awaits (then
+    #: ``start`` always answers None and a caller should not ask it).
+    starts_now: bool
+
     def start(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
     ) -> asyncio.Future[object] | None:

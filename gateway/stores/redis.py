@@ -117,6 +117,8 @@ class RedisStore:
         if address is not None:
             context = ssl.create_default_context() if address.tls else None
             self.resp = RespClient(name, address, spec.timeout, context)
+        # Only the store's own client sends a call from synchronous code (``start``).
+        self.starts_now = self.resp is not None
         self._shas: dict[str, bytes] = {}  # SHA by script name, for ``resp``
         self._py_shas: dict[str, str] = {}  # the same, for redis-py
         self._scripts: dict[str, bytes] = {}  # the Lua text by script name, once loaded

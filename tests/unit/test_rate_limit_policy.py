@@ -27,6 +27,7 @@ from gateway.policies.rate_limit.config import RateLimitConfig
 from gateway.policies.rate_limit.policy import RateLimitPolicy
 from gateway.stores import ScriptArg, Stores
 from gateway.stores.memory import MemoryStore
+from gateway.stores.redis import RedisStore
 from gateway.types import Handler
 from tests.jwt_tokens import hs256
 
@@ -374,6 +375,21 @@ def test_a_store_without_scripts_is_refused_at_build() -> None:
     h = Harness(KeyValueOnly())
     with pytest.raises(ValueError, match=r"\[0\] \(default\): store 'kv' \(kv\) lacks Scripts"):
         h.build({"rate": "1/s", "store": "kv"})
+
+
+@pytest.mark.parametrize(
+    ("url", "early"),
+    [("redis://127.0.0.1:1/0", True), ("redis://127.0.0.1:1/0?health_check_interval=5", False)],
+)
+def test_only_a_store_that_can_send_at_once_decides_in_the_read_callback(
+    url: str, early: bool
+) -> None:
+    # A URL with options is served by redis-py, which only awaits: its limiter runs in
+    # the chain's coroutine instead of asking a start() that would answer None.
+    store = RedisStore("shared", StoreSpec(url=url))
+    (policy,) = Harness(store).build({"rate": "1/s", "store": "shared"})
+    assert store.starts_now is early
+    assert policy.decides_now is early
 
 
 def test_the_three_policies_are_registered() -> None:

@@ -128,8 +128,9 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         self.algorithm = algorithm
         self._run = cast(Scripts, store).run
         # A store that can send a call from synchronous code (Redis, on its own client):
-        # decide_now sends it from the read callback that parsed the request.
-        self._start = store.start if isinstance(store, StartsScripts) else None
+        # decide_now sends it from the read callback that parsed the request. One that
+        # redis-py serves (Sentinel, Cluster, URLs with options) only awaits.
+        self._start = store.start if isinstance(store, StartsScripts) and store.starts_now else None
         self._key_of = store.key
         self._script, self._args = algorithm.script, algorithm.args
         self._prefix = f"rl:{ctx.route}:{config.name}:{algorithm.short}:"
