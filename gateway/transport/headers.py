@@ -9,6 +9,7 @@ from gateway.exchange import find_all
 from gateway.types import Headers
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 HOP_BY_HOP = frozenset(
     {
@@ -57,14 +58,23 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
+def parse_ip(text: str) -> IPAddress | None:
+    """The address ``text`` spells (an IPv4-mapped IPv6 address as its IPv4 address), or
+    None when it is not one."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
 def is_trusted(ip: str, networks: tuple[IPNetwork, ...]) -> bool:
     if not networks:
         return False
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(addr in net for net in networks)
+    addr = parse_ip(ip)
+    return addr is not None and any(addr in net for net in networks)
 
 
 def _forwarded_for(headers: Headers) -> list[str]:
@@ -88,16 +98,20 @@ def _forwarded_for(headers: Headers) -> list[str]:
 
 
 def resolve_client_ip(peer: str, headers: Headers, trusted: tuple[IPNetwork, ...]) -> str:
-    """The client address: walk forwarding addresses right to left past trusted proxies."""
-    if not is_trusted(peer, trusted):
+    """The client address: walk forwarding addresses right to left past trusted proxies.
+
+    An address taken from a header is given in one spelling (RFC 5952 for IPv6, an
+    IPv4-mapped address as IPv4), so that a client is one rate limit key however a
+    proxy wrote its address."""
+    addr = parse_ip(peer)
+    if addr is None or not any(addr in net for net in trusted):
         return peer
     client = peer
-    for addr in reversed(_forwarded_for(headers)):
-        try:
-            ipaddress.ip_address(addr)
-        except ValueError:
+    for text in reversed(_forwarded_for(headers)):
+        addr = parse_ip(text)
+        if addr is None:
             break
-        client = addr
-        if not is_trusted(addr, trusted):
+        client = str(addr)
+        if not any(addr in net for net in trusted):
             break
     return client

@@ -1,3 +1,5 @@
+import pytest
+
 from gateway.config.models import Upstream
 from gateway.exchange import Exchange, Response
 from gateway.transport.base import Target
@@ -81,6 +83,28 @@ def test_forwarded_header_for_client_ip() -> None:
     trusted = parse_networks(["10.0.0.0/8"])
     headers = [(b"Forwarded", b'for="[2001:db8::1]:4711";proto=https, for=10.1.1.1')]
     assert resolve_client_ip("10.0.0.1", headers, trusted) == "2001:db8::1"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["2001:db8::1", "2001:DB8::1", "2001:db8:0:0:0:0:0:1", "2001:0db8::0001"],
+)
+def test_a_forwarded_ipv6_address_has_one_spelling(spelling: str) -> None:
+    trusted = parse_networks(["10.0.0.0/8"])
+    headers = [(b"X-Forwarded-For", spelling.encode())]
+    assert resolve_client_ip("10.0.0.1", headers, trusted) == "2001:db8::1"
+    forwarded = [(b"Forwarded", f'for="[{spelling}]"'.encode())]
+    assert resolve_client_ip("10.0.0.1", forwarded, trusted) == "2001:db8::1"
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address() -> None:
+    trusted = parse_networks(["10.0.0.0/8"])
+    headers = [(b"X-Forwarded-For", b"::ffff:198.51.100.9")]
+    assert resolve_client_ip("10.0.0.1", headers, trusted) == "198.51.100.9"
+    # a proxy that reaches a dual-stack listener is still recognised as trusted
+    assert resolve_client_ip("::ffff:10.0.0.1", headers, trusted) == "198.51.100.9"
+    # an untrusted peer is taken as the kernel gave it; the header is not read
+    assert resolve_client_ip("::ffff:192.0.2.1", headers, trusted) == "::ffff:192.0.2.1"
 
 
 def test_host_modes() -> None:
