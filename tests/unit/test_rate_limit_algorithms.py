@@ -212,12 +212,16 @@ def test_local_share_divides_the_limit_by_the_replicas() -> None:
     clock = Clock()
     mem = store(clock)
     assert admitted(mem, fw.shared(3), 10) == 3
+    # the share advertises what it enforces
+    assert (fw.shared(3).quota, fw.shared(3).window) == (3, 1)
+    assert (tb.shared(4).quota, tb.shared(4).window) == (25, 1)
 
 
 @pytest.mark.parametrize(
     ("rate", "q", "w"),
     [("100/s", 100, 1), ("5000/h", 5000, 3600), ("10/30s", 10, 30), ("10/0.1s", 100, 1),
-     ("0.5/s", 1, 2), ("2.5/s", 2, 1)],
+     ("0.5/s", 1, 2), ("2.5/s", 5, 2), ("1/1.5s", 2, 3), ("7/1.3s", 70, 13),
+     ("1/0.7s", 10, 7), ("3/3.14159s", 3, 4)],
 )  # fmt: skip
 def test_advertised_quota_and_window_are_whole_and_never_generous(
     rate: str, q: int, w: int
@@ -225,6 +229,22 @@ def test_advertised_quota_and_window_are_whole_and_never_generous(
     parsed = parse_rate(rate)
     assert advertised(parsed) == (q, w)
     assert q / w <= parsed.per_second + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "q", "w"),
+    [("100/s", 200, 200, 2), ("5/s", 10, 10, 2), ("100/s", 150, 150, 2), ("100/s", 10, 100, 1),
+     ("100/s", None, 100, 1), ("10/m", 15, 15, 90)],
+)  # fmt: skip
+def test_a_token_bucket_larger_than_its_quota_advertises_the_bucket(
+    rate: str, burst: int | None, q: int, w: int
+) -> None:
+    parsed = parse_rate(rate)
+    tb = compile_algorithm("token_bucket", parsed, burst)
+    assert (tb.quota, tb.window) == (q, w)
+    assert q / w <= parsed.per_second + 1e-9
+    # r is at most the bucket's size less the request just admitted: never above q
+    assert (burst or parsed.limit) - 1 < q
 
 
 def test_a_fresh_bucket_admits_its_first_request_whatever_the_clock_reads() -> None:

@@ -252,6 +252,29 @@ def test_local_share_uses_the_configured_replicas_over_the_environment() -> None
     assert [r.status for r, _ in h.send(h.chain([rule]), 3)] == [200, 200, 429]
 
 
+@pytest.mark.parametrize(
+    ("rule", "policy_item", "limit_items"),
+    [({"algorithm": "fixed_window", "rate": "10/m"}, '"g";q=5;w=60',
+      ['"g";r=4;t=60', '"g";r=3;t=60', '"g";r=2;t=60', '"g";r=1;t=60', '"g";r=0;t=60']),
+     ({"rate": "4/h"}, '"g";q=2;w=3600', ['"g";r=1;t=1800', '"g";r=0;t=3600']),
+     ({"rate": "2/s", "burst": 4}, '"g";q=2;w=2', ['"g";r=1;t=1', '"g";r=0;t=2'])],
+)  # fmt: skip
+def test_local_share_fields_state_the_share_this_process_enforces(
+    rule: dict[str, Any], policy_item: str, limit_items: list[str]
+) -> None:
+    h = Harness(BrokenStore(), replicas=2)
+    rule = {"name": "g", "store": "shared", "on_store_error": "local_share", **rule}
+    results = h.send(h.chain([rule]), len(limit_items) + 1)
+    for (response, _), limit in zip(results, limit_items, strict=False):
+        assert response.status == 200
+        assert fields(response, b"ratelimit-policy") == [policy_item]
+        assert fields(response, b"ratelimit") == [limit]
+    refused = results[-1][0]
+    assert refused.status == 429
+    assert fields(refused, b"ratelimit-policy") == [policy_item]
+    assert fields(refused, b"ratelimit")[0].startswith('"g";r=0;t=')
+
+
 def test_local_share_counts_every_worker_process() -> None:
     h = Harness(BrokenStore(), replicas=2)
     h.ctx.workers = 3  # `workers: 3`: six processes hold a share each

@@ -235,23 +235,51 @@ class Algorithm:
             return self
         if self.name == "token_bucket":
             interval, burst = self.args
-            return replace(self, args=(interval * replicas, max(1.0, burst / replicas)))
-        limit, window = self.args
-        return replace(self, args=(float(max(1, math.floor(limit / replicas))), window))
+            interval, burst = interval * replicas, max(1.0, burst / replicas)
+            quota, window = _bucket_advertised(Rate(1.0, interval / 1e6), burst)
+            return replace(self, args=(interval, burst), quota=quota, window=window)
+        limit, window_us = self.args
+        limit = float(max(1, math.floor(limit / replicas)))
+        quota, window = advertised(Rate(limit, window_us / 1e6))
+        return replace(self, args=(limit, window_us), quota=quota, window=window)
 
     def in_memory(self, store: MemoryStore) -> Check:
         """This algorithm's twin compiled for ``store``: one call per decision."""
         return MEMORY_CHECKS[self.script](store, self.args)
 
 
+#: How many whole windows ``advertised`` tries, from the rate's own, to state a fractional
+#: rate exactly (``2.5/s`` is ``q=5;w=2``, not ``q=2;w=1``).
+EXACT_TRIES = 60
+
+
 def advertised(rate: Rate) -> tuple[int, int]:
     """``(q, w)`` for RateLimit-Policy: whole requests per whole seconds, never more than
-    ``rate`` allows (the draft has no sub-second windows and no fractional quotas)."""
-    window = max(1, math.ceil(rate.period - 1e-9))
-    quota = math.floor(rate.limit * window / rate.period + 1e-9)
+    ``rate`` allows (the draft has no sub-second windows and no fractional quotas).
+
+    The first whole window that holds a whole number of requests states the rate
+    exactly; when none does within ``EXACT_TRIES``, the rate's own window (rounded up)
+    with its quota rounded down."""
+    first = max(1, math.ceil(rate.period - 1e-9))
+    for window in range(first, first + EXACT_TRIES):
+        exact = rate.limit * window / rate.period
+        quota = round(exact)
+        if quota >= 1 and abs(exact - quota) < 1e-9 * max(1.0, exact):
+            return quota, window
+    quota = math.floor(rate.limit * first / rate.period + 1e-9)
     if quota < 1:
-        window = math.ceil(rate.period / rate.limit - 1e-9)
-        quota = 1
+        return 1, math.ceil(rate.period / rate.limit - 1e-9)
+    return quota, first
+
+
+def _bucket_advertised(rate: Rate, size: float) -> tuple[int, int]:
+    """``(q, w)`` of a token bucket of ``size`` filled at ``rate``: the rate's, or, for a
+    bucket larger than the rate's quota, the bucket and the whole seconds it takes to
+    refill, so that ``r`` (tokens left) never exceeds ``q``."""
+    quota, window = advertised(rate)
+    if size > quota:
+        quota = int(size)
+        window = max(1, math.ceil(size * rate.period / rate.limit - 1e-9))
     return quota, window
 
 
@@ -262,6 +290,7 @@ def compile_algorithm(name: str, rate: Rate, burst: int | None) -> Algorithm:
     if name == "token_bucket":
         size = float(burst) if burst is not None else max(1.0, rate.limit)
         args: tuple[float, ...] = (period_us / rate.limit, size)
+        quota, window = _bucket_advertised(rate, size)
     else:
         args = (float(rate.limit), period_us)
     return Algorithm(name, _SCRIPTS[name], args, quota, window)

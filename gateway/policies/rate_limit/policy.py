@@ -39,7 +39,7 @@ from gateway.edge import problem_response
 from gateway.errors import StoreError
 from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.base import LATER, BuildContext, Later, Policy
-from gateway.policies.rate_limit.algorithms import Check, Verdict, compile_algorithm
+from gateway.policies.rate_limit.algorithms import Algorithm, Check, Verdict, compile_algorithm
 from gateway.policies.rate_limit.config import RateLimitConfig, RateLimitRule
 from gateway.policies.rate_limit.jwt import JwtVerifier
 from gateway.policies.rate_limit.keys import InvalidToken, KeyResolver
@@ -91,6 +91,37 @@ class _LimitFields(dict[tuple[int, int], tuple[Header, Header]]):
             self.clear()
         self[state] = fields
         return fields
+
+
+class _Fields:
+    """One algorithm's ``RateLimit-Policy`` item, and its ``RateLimit`` items."""
+
+    __slots__ = ("memo", "policy", "prefix")
+
+    def __init__(self, item: bytes, algorithm: Algorithm) -> None:
+        self.policy: Header = (
+            RATELIMIT_POLICY,
+            b"%s;q=%d;w=%d" % (item, algorithm.quota, algorithm.window),
+        )
+        self.prefix = item + b";r="
+        # A token bucket under its limit answers in the same state request after request
+        # (a full bucket), so its RateLimit field is formatted once per state; a window
+        # counts down, so its field is formatted each time.
+        self.memo = (
+            _LimitFields(self.policy, self.prefix) if algorithm.name == "token_bucket" else None
+        )
+
+    def admitted(self, verdict: Verdict) -> tuple[Header, Header]:
+        """The fields of an admitted request."""
+        remaining, reset = verdict[1], -(-verdict[2] // 1000)  # reset: ms, rounded up
+        memo = self.memo
+        if memo is not None:
+            return memo[remaining, reset]
+        return self.policy, (RATELIMIT, b"%s%d;t=%d" % (self.prefix, remaining, reset))
+
+    def rejected(self, retry: int) -> tuple[Header, Header]:
+        """The fields of a request refused for ``retry`` seconds."""
+        return self.policy, (RATELIMIT, b"%s0;t=%d" % (self.prefix, retry))
 
 
 async def _answer(response: Response) -> Response:
@@ -163,23 +194,16 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         self.workers = ctx.workers
         self.processes = self.replicas * self.workers
         self._local = local = self._local_store(ctx)
-        self._local_check = algorithm.shared(self.processes).in_memory(local)
+        local_algorithm = algorithm.shared(self.processes)
+        self._local_check = local_algorithm.in_memory(local)
         self._local_prefix = local.key("rl-local:" + self._prefix)
         self._deny_retry = max(1, math.ceil(config.store_backoff))
 
-        # Everything the headers need, computed once.
+        # Everything the headers need, computed once; while local_share stands in for the
+        # store, the fields state the share this process enforces.
         item = _sf_string(config.name)
-        policy_value = b"%s;q=%d;w=%d" % (item, algorithm.quota, algorithm.window)
-        self._policy_field = (RATELIMIT_POLICY, policy_value)
-        self._remaining_prefix = item + b";r="
-        # A token bucket under its limit answers in the same state request after request
-        # (a full bucket), so its RateLimit field is formatted once per state; a window
-        # counts down, so its field is formatted each time.
-        self._limit_fields = (
-            _LimitFields(self._policy_field, self._remaining_prefix)
-            if config.algorithm == "token_bucket"
-            else None
-        )
+        self._fields = _Fields(item, algorithm)
+        self._local_fields = _Fields(item, local_algorithm)
         # The decision of an admitted request: one object, recorded for every such request.
         self._allowed = Decision(self._label, ALLOW)
         self.decides_now = self._bucket is not None and (
@@ -250,10 +274,10 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         verdict = check(self._memory_prefix + plain(exchange))
         if not verdict[0]:
             exchange.decisions.append(Decision(self._label, REJECT))
-            return self._reject(exchange, verdict[3])
+            return self._reject(exchange, verdict[3], self._fields)
         exchange.decisions.append(self._allowed)
         if self._headers_on_admit:
-            exchange.add_response_fields(self._admit_fields(verdict))
+            exchange.add_response_fields(self._fields.admitted(verdict))
         return None
 
     def _send_early(self, exchange: Exchange, bucket: str) -> None:
@@ -315,22 +339,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         )
         if verdict is None:  # the store failed: on_store_error allow / deny
             if action == FAIL_CLOSED:
-                return self._reject(exchange, self._deny_retry * 1000)
+                return self._reject(exchange, self._deny_retry * 1000, self._fields)
             return await call_next(exchange)
+        local = action in (LOCAL_ALLOW, LOCAL_REJECT)
+        fields = self._local_fields if local else self._fields
         if not verdict[0]:
-            return self._reject(exchange, verdict[3])
+            return self._reject(exchange, verdict[3], fields)
         if self._headers_on_admit:
-            exchange.add_response_fields(self._admit_fields(verdict))
+            exchange.add_response_fields(fields.admitted(verdict))
         return await call_next(exchange)
-
-    def _admit_fields(self, verdict: Verdict) -> tuple[Header, Header]:
-        """``RateLimit-Policy`` and ``RateLimit`` for an admitted request."""
-        remaining, reset = verdict[1], -(-verdict[2] // 1000)  # reset: ms, rounded up
-        fields = self._limit_fields
-        if fields is not None:
-            return fields[remaining, reset]
-        limit = (RATELIMIT, b"%s%d;t=%d" % (self._remaining_prefix, remaining, reset))
-        return self._policy_field, limit
 
     def _store_failed(self, exc: StoreError) -> None:
         """Counted and logged (once per interval); the store is skipped for a while."""
@@ -356,12 +373,11 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             [(b"www-authenticate", b'Bearer error="invalid_token"')],
         )  # fmt: skip
 
-    def _reject(self, exchange: Exchange, retry_ms: int) -> Response:
+    def _reject(self, exchange: Exchange, retry_ms: int, fields: _Fields) -> Response:
         retry = max(1, _seconds(retry_ms))
         headers: Headers = [(RETRY_AFTER, str(retry).encode())]
         if self._headers_on_reject:
-            headers.append(self._policy_field)
-            headers.append((RATELIMIT, b"%s0;t=%d" % (self._remaining_prefix, retry)))
+            headers.extend(fields.rejected(retry))
         return problem_response(
             exchange, 429, "quota-exceeded", "Too Many Requests",
             f"{self._reject_detail}; retry in {retry}s", headers, **self._problem_extra,
