@@ -92,10 +92,17 @@ def stale_modules() -> list[str]:
     """
     if "site-packages" in PACKAGE.parts or "dist-packages" in PACKAGE.parts:
         return []
+    # The code is in the shared library; a module's own file is a small stub that an
+    # incremental build (``setup.py build_ext --inplace``) leaves as it was.
+    library = max(
+        (p.stat().st_mtime for s in EXTENSION_SUFFIXES for p in PACKAGE.glob(LIBRARY_STEM + s)),
+        default=0.0,
+    )
     stale = []
     for name, path in _compiled_files().items():
         source = path.with_name(name.rpartition(".")[2] + ".py")
-        if source.exists() and source.stat().st_mtime > path.stat().st_mtime:
+        built = max(path.stat().st_mtime, library)
+        if source.exists() and source.stat().st_mtime > built:
             stale.append(name)
     return sorted(stale)
 

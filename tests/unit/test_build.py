@@ -40,6 +40,22 @@ def test_compiled_and_stale_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "gateway.routing" in build.describe()
 
 
+def test_an_incremental_build_that_left_the_stubs_is_not_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``setup.py build_ext --inplace`` rebuilds the shared library (the code) and leaves
+    # a module's own stub as it was when the stub's inputs did not change.
+    pkg = package(tmp_path)
+    monkeypatch.setattr(build, "PACKAGE", pkg)
+    old, edited, rebuilt = 1_600_000_000, 1_700_000_000, 1_700_000_100
+    os.utime(pkg / ("routing" + SUFFIX), (old, old))
+    os.utime(pkg / "routing.py", (edited, edited))
+    os.utime(pkg / (build.LIBRARY_STEM + SUFFIX), (rebuilt, rebuilt))
+    assert build.stale_modules() == []
+    os.utime(pkg / "routing.py")  # edited after that build
+    assert build.stale_modules() == ["gateway.routing"]
+
+
 def test_installed_packages_are_never_stale(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
