@@ -207,6 +207,7 @@ class Exchange:
         "path_params",
         "peer_ip",
         "query",
+        "quota_taken",
         "raw_target",
         "response_fields",
         "route",
@@ -275,6 +276,9 @@ class Exchange:
         #: A store call a policy started before its coroutine ran (from
         #: ``Policy.decide_now``): the policy and the call's future, taken by that policy.
         self.store_call: tuple[object, asyncio.Future[object]] | None = None
+        #: What the rate limiters that admitted this request took, for a later limiter
+        #: of the same list that refuses it to give back: (limiter, bucket, where).
+        self.quota_taken: list[tuple[object, str, int]] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header; ``name`` is lower-case bytes."""

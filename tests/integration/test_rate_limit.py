@@ -222,6 +222,42 @@ def test_redis_down_allow_deny_and_local_share(
     assert 1 <= len(warnings) <= 3  # logged once per interval, per limiter
 
 
+def test_a_request_a_later_limiter_refuses_is_given_back_in_redis(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str, redis_server: Redis
+) -> None:
+    config = base_config(upstream.url, frontend, stores={"shared": redis_server.url})
+    limiters = [
+        {"name": "per-route", "key": "route", "algorithm": algorithm, "rate": "3/h",
+         "store": "shared"}
+        for algorithm in ("token_bucket", "fixed_window", "sliding_window")
+    ]  # fmt: skip
+    for limiter in limiters:  # one Redis serves both front-ends' runs: names of their own
+        limiter["name"] = f"route-{limiter['algorithm']}-{frontend}"
+    per_client = {"name": f"per-client-{frontend}", "key": "header:X-Client",
+                  "algorithm": "fixed_window", "rate": "1/h", "store": "shared"}  # fmt: skip
+    config["routes"][1]["policies"] = {"rate_limit": [*limiters, per_client]}
+    gw = start_gateway(config)
+
+    def status(client: str) -> tuple[int, str]:
+        """The status and every RateLimit field line, joined."""
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        try:
+            conn.request("GET", "/x", headers={"X-Client": client})
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        return response.status, ", ".join(response.msg.get_all("ratelimit") or [])
+
+    assert [status("abuser")[0] for _ in range(5)] == [200, 429, 429, 429, 429]
+    answers = [status(f"client-{i}") for i in range(2)]
+    assert [code for code, _ in answers] == [200, 200]
+    # each route limiter counted the three admitted requests only: r=0 on the third
+    for limiter in limiters:
+        assert f'"{limiter["name"]}";r=0;' in answers[-1][1]
+    assert status("client-3")[0] == 429
+
+
 class HangingServer:
     """Accepts connections and never answers: a Redis that hangs."""
 

@@ -62,6 +62,21 @@ def test_admits_the_limit_then_rejects_with_retry_after(store_url: str, algorith
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_refund_gives_back_one_admitted_request(store_url: str, algorithm: str) -> None:
+    alg = compile_algorithm(algorithm, parse_rate("3/h"), None)
+
+    async def body(store: Any) -> None:
+        key = store.key(f"refund-{algorithm}")
+        assert await store.run(alg.refund_script, [key], alg.args) == 0  # nothing taken
+        assert [(await decide(store, alg, key))[0] for _ in range(4)] == [1, 1, 1, 0]
+        assert await store.run(alg.refund_script, [key], alg.args) == 1
+        assert (await decide(store, alg, key))[:2] == [1, 0]  # one more, the last
+        assert (await decide(store, alg, key))[0] == 0
+
+    run(store_url, body, f"t-refund-{algorithm}:")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_concurrent_decisions_never_over_admit(store_url: str, algorithm: str) -> None:
     alg = compile_algorithm(algorithm, parse_rate("10/h"), None)
 

@@ -275,6 +275,37 @@ def test_local_share_fields_state_the_share_this_process_enforces(
     assert fields(refused, b"ratelimit")[0].startswith('"g";r=0;t=')
 
 
+@pytest.mark.parametrize("algorithm", ["token_bucket", "fixed_window", "sliding_window"])
+def test_a_request_a_later_limiter_refuses_counts_against_no_limit(algorithm: str) -> None:
+    h = Harness()
+    chain = h.chain(
+        [{"name": "per-route", "key": "route", "algorithm": algorithm, "rate": "5/m"},
+         {"name": "per-client", "key": "header:X-Client", "algorithm": "fixed_window",
+          "rate": "1/m"}]
+    )  # fmt: skip
+    abuser = h.send(chain, 6, x_client="abuser")
+    assert [r.status for r, _ in abuser] == [200] + [429] * 5
+    assert all(json.loads(r.body)["violated-policies"] == ["per-client"] for r, _ in abuser[1:])
+    # The five refusals took nothing from the route's limit: four more clients pass.
+    others = [h.send(chain, 1, x_client=f"client-{i}")[0][0] for i in range(4)]
+    assert [r.status for r in others] == [200] * 4
+    assert fields(others[-1], b"ratelimit")[0].startswith('"per-route";r=0;')
+    # and the route's limit still holds
+    refused = h.send(chain, 1, x_client="client-5")[0][0]
+    assert json.loads(refused.body)["violated-policies"] == ["per-route"]
+    assert h.upstream_calls == 5
+
+
+def test_a_shadow_limiter_neither_gives_back_nor_makes_others_give_back() -> None:
+    h = Harness()
+    chain = h.chain(
+        [{"name": "a", "key": "route", "algorithm": "fixed_window", "rate": "3/m"},
+         {"name": "b", "key": "route", "algorithm": "fixed_window", "rate": "1/m",
+          "mode": "shadow"}]
+    )  # fmt: skip
+    assert [r.status for r, _ in h.send(chain, 4)] == [200, 200, 200, 429]
+
+
 def test_local_share_counts_every_worker_process() -> None:
     h = Harness(BrokenStore(), replicas=2)
     h.ctx.workers = 3  # `workers: 3`: six processes hold a share each

@@ -11,7 +11,10 @@ Each algorithm is one atomic step, ``store.run(script, [key], args)``:
   holds the same twins by script name for ``MemoryStore.run``.
 
 Both take the same keys and arguments (times in microseconds) and answer
-``[allowed 0|1, remaining, reset_ms, retry_ms]``. Each twin stores one value per key
+``[allowed 0|1, remaining, reset_ms, retry_ms]``. Each algorithm also has a refund
+(``<script>_refund``, same keys and arguments, in Lua and in memory) that gives back
+one admitted request, for a limiter whose request a later limiter of its list refused.
+Each twin stores one value per key
 through the memory store, so its footprint is bounded by the store's LRU
 (``max_entries``); each Lua script sets an expiry on every key it writes.
 
@@ -19,6 +22,7 @@ through the memory store, so its footprint is bounded by the store's LRU
   bucket size. Exact: over any span ``d`` at most ``burst + rate * d`` are admitted.
 * ``fixed_window``: a counter that starts with the key's first request and expires
   one period later. Exact per window; up to ``2 * limit`` across a window boundary.
+  Rejected requests do not count.
 * ``sliding_window``: counter approximation (current window count plus the previous
   window's count weighted by its remaining overlap), windows starting with the key's
   first request. Rejected requests do not count.
@@ -39,6 +43,8 @@ from gateway.stores.memory import MEMORY_SCRIPTS, MemoryStore
 Verdict = Sequence[int]
 #: One decision for one key, the algorithm compiled for a memory store and its arguments.
 Check = Callable[[str], Verdict]
+#: One admitted request given back, for one key (compiled like a Check): whether it was.
+Refund = Callable[[str], bool]
 
 ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window")
 _SCRIPTS = {
@@ -115,12 +121,12 @@ def fixed_window_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
             data[key] = (entry, t + ttl if ttl > 0 else 0.0)
             if item is None and len(data) > store.max_entries:
                 _evict(store)
-        count = int(entry[0]) + 1
-        entry[0] = count
+        count = int(entry[0])
         reset = ceil((entry[1] - now) / 1000)
-        if count > limit:
+        if count >= limit:  # refused: not counted
             return [0, 0, reset, reset]
-        return [1, limit - count, reset, 0]
+        entry[0] = count + 1
+        return [1, limit - count - 1, reset, 0]
 
     return check
 
@@ -181,12 +187,86 @@ def sliding_window_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check
     return check
 
 
+def _unexpired(store: MemoryStore, key: str) -> tuple[object, float] | None:
+    """``(value, expiry)`` of ``key`` if it holds one that has not expired."""
+    item = store.entries.get(key)
+    if item is None or (item[1] and item[1] <= store.clock()):
+        return None
+    return item
+
+
+def token_bucket_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund:
+    """Twin of ``rl_token_bucket_refund.lua``: the TAT one interval back."""
+    interval = float(args[0])
+
+    def refund(key: str) -> bool:
+        item = _unexpired(store, key)
+        if item is None or not isinstance(item[0], float):
+            return False
+        t = store.clock()
+        now, tat = t * 1e6, item[0] - interval
+        if tat <= now:
+            del store.entries[key]  # full again
+        else:
+            store.entries[key] = (tat, t + ((tat - now) / 1e6 + 0.001))
+        return True
+
+    return refund
+
+
+def fixed_window_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund:
+    """Twin of ``rl_fixed_window_refund.lua``: the window's count one down."""
+
+    def refund(key: str) -> bool:
+        item = _unexpired(store, key)
+        entry = item[0] if item is not None else None
+        if not isinstance(entry, list) or entry[0] <= 0:
+            return False
+        entry[0] -= 1
+        return True
+
+    return refund
+
+
+def sliding_window_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund:
+    """Twin of ``rl_sliding_window_refund.lua``: the current window's count one down."""
+
+    def refund(key: str) -> bool:
+        item = _unexpired(store, key)
+        if item is None or not isinstance(item[0], tuple) or item[0][1] <= 0:
+            return False
+        start, curr, prev = item[0]
+        store.entries[key] = ((start, curr - 1, prev), item[1])
+        return True
+
+    return refund
+
+
 #: Each algorithm compiled for one store and one set of arguments (what a policy keeps).
 MEMORY_CHECKS: dict[str, Callable[[MemoryStore, Sequence[ScriptArg]], Check]] = {
     "rl_token_bucket": token_bucket_check,
     "rl_fixed_window": fixed_window_check,
     "rl_sliding_window": sliding_window_check,
 }
+
+
+#: The same, for giving back what a check admitted (``Algorithm.refund``).
+MEMORY_REFUNDS: dict[str, Callable[[MemoryStore, Sequence[ScriptArg]], Refund]] = {
+    "rl_token_bucket_refund": token_bucket_refund,
+    "rl_fixed_window_refund": fixed_window_refund,
+    "rl_sliding_window_refund": sliding_window_refund,
+}
+
+
+def _refund_script(
+    name: str,
+) -> Callable[[MemoryStore, Sequence[str], Sequence[ScriptArg]], int]:
+    """A refund twin as ``MemoryStore.run`` calls it: 1 if given back, as the script."""
+
+    def run(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> int:
+        return int(MEMORY_REFUNDS[name](store, args)(keys[0]))
+
+    return run
 
 
 def token_bucket(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> Verdict:
@@ -206,6 +286,7 @@ MEMORY_SCRIPTS.update(
     rl_token_bucket=token_bucket,
     rl_fixed_window=fixed_window,
     rl_sliding_window=sliding_window,
+    **{name: _refund_script(name) for name in MEMORY_REFUNDS},
 )
 
 
@@ -243,9 +324,18 @@ class Algorithm:
         quota, window = advertised(Rate(limit, window_us / 1e6))
         return replace(self, args=(limit, window_us), quota=quota, window=window)
 
+    @property
+    def refund_script(self) -> str:
+        """The script that gives back one request this algorithm admitted."""
+        return self.script + "_refund"
+
     def in_memory(self, store: MemoryStore) -> Check:
         """This algorithm's twin compiled for ``store``: one call per decision."""
         return MEMORY_CHECKS[self.script](store, self.args)
+
+    def refund_in_memory(self, store: MemoryStore) -> Refund:
+        """The refund twin compiled for ``store``."""
+        return MEMORY_REFUNDS[self.refund_script](store, self.args)
 
 
 #: How many whole windows ``advertised`` tries, from the rate's own, to state a fractional

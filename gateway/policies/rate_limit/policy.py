@@ -30,6 +30,7 @@ state shared between requests is that deadline (and the counters in the store).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable
 from typing import Any, ClassVar, cast
@@ -58,6 +59,8 @@ LIMIT_FIELDS_KEPT = 1024
 ALLOW, REJECT = "allow", "reject"
 LOCAL_ALLOW, LOCAL_REJECT = "local_allow", "local_reject"  # local_share while the store is down
 FAIL_OPEN, FAIL_CLOSED = "fail_open", "fail_closed"  # on_store_error allow / deny
+# Where an admitted request's share was taken (Exchange.quota_taken).
+TAKEN_MEMORY, TAKEN_STORE, TAKEN_LOCAL = 0, 1, 2
 INVALID_TOKEN = "invalid_token"
 
 
@@ -124,6 +127,11 @@ class _Fields:
         return self.policy, (RATELIMIT, b"%s0;t=%d" % (self.prefix, retry))
 
 
+def _retrieved(call: asyncio.Future[object]) -> None:
+    if not call.cancelled():
+        call.exception()
+
+
 async def _answer(response: Response) -> Response:
     return response
 
@@ -142,13 +150,20 @@ class RateLimitPolicy(Policy[RateLimitRule]):
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> list[Policy[Any]]:
-        policies: list[Policy[Any]] = []
+        limiters: list[RateLimitPolicy] = []
         for i, rule in enumerate(cast(RateLimitConfig, config).root):
             try:
-                policies.append(cls(rule, ctx))
+                limiters.append(cls(rule, ctx))
             except (ValueError, KeyError, OSError) as exc:
                 message = exc.args[0] if exc.args else str(exc)
                 raise ValueError(f"[{i}] ({rule.name}): {message}") from exc
+        # Every entry must pass, and a request counts only against limits it passed all
+        # of: an enforcing limiter followed by another one notes what it took, and one
+        # that refuses gives back what the limiters before it took.
+        enforcing = [p for p in limiters if not p.shadow]
+        for p in enforcing[:-1]:
+            p.notes_taken = True
+        policies: list[Policy[Any]] = list(limiters)
         return policies
 
     def __init__(self, config: RateLimitRule, ctx: BuildContext) -> None:
@@ -210,6 +225,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             self._check is not None or self._start is not None
         )
         enforcing = config.mode == "enforce"
+        self._enforcing = enforcing
+        #: Whether an enforcing limiter after this one may refuse what this one admitted
+        #: (set by ``build``): then the request's exchange notes what this one took.
+        self.notes_taken = False
+        self._refund_script = algorithm.refund_script
+        self._refund_memory = (
+            algorithm.refund_in_memory(store) if isinstance(store, MemoryStore) else None
+        )
+        self._refund_local = local_algorithm.refund_in_memory(local)
         self._headers_on_admit = enforcing and config.headers == "all"
         self._headers_on_reject = config.headers != "none"
         self._problem_extra: dict[str, object] = {"violated-policies": [config.name]}
@@ -276,6 +300,8 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             exchange.decisions.append(Decision(self._label, REJECT))
             return self._reject(exchange, verdict[3], self._fields)
         exchange.decisions.append(self._allowed)
+        if self.notes_taken:
+            self._note_taken(exchange, plain(exchange), TAKEN_MEMORY)
         if self._headers_on_admit:
             exchange.add_response_fields(self._fields.admitted(verdict))
         return None
@@ -345,6 +371,9 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         fields = self._local_fields if local else self._fields
         if not verdict[0]:
             return self._reject(exchange, verdict[3], fields)
+        if self.notes_taken:
+            where = TAKEN_LOCAL if local else TAKEN_MEMORY if check is not None else TAKEN_STORE
+            self._note_taken(exchange, bucket, where)
         if self._headers_on_admit:
             exchange.add_response_fields(fields.admitted(verdict))
         return await call_next(exchange)
@@ -365,7 +394,39 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         verdict = self._local_check(self._local_prefix + bucket)
         return verdict, LOCAL_ALLOW if verdict[0] else LOCAL_REJECT
 
+    def _note_taken(self, exchange: Exchange, bucket: str, where: int) -> None:
+        taken = exchange.quota_taken
+        if taken is None:
+            exchange.quota_taken = [(self, bucket, where)]
+        else:
+            taken.append((self, bucket, where))
+
+    def _give_back_taken(self, exchange: Exchange) -> None:
+        """This limiter refuses the request: the limiters before it give back what they
+        took, so a request counts only against limits it passed all of."""
+        taken = exchange.quota_taken
+        if taken is None or not self._enforcing:
+            return
+        exchange.quota_taken = None
+        for limiter, bucket, where in taken:
+            cast(RateLimitPolicy, limiter).give_back(bucket, where)
+
+    def give_back(self, bucket: str, where: int) -> None:
+        """Undo one admission of ``bucket`` (a later limiter refused the request)."""
+        if where == TAKEN_LOCAL:
+            self._refund_local(self._local_prefix + bucket)
+        elif where == TAKEN_MEMORY:
+            if self._refund_memory is not None:
+                self._refund_memory(self._memory_prefix + bucket)
+        elif self._clock() >= self._health.down_until:
+            # Not awaited: the refusal goes out now; a failed refund leaves the count
+            # one high until the window or bucket moves on (nothing to report).
+            key = self._key_of(self._prefix + bucket)
+            call = asyncio.ensure_future(self._run(self._refund_script, (key,), self._args))
+            call.add_done_callback(_retrieved)
+
     def _invalid_token(self, exchange: Exchange, invalid: InvalidToken) -> Response:
+        self._give_back_taken(exchange)
         exchange.decide(self._label, INVALID_TOKEN)
         return problem_response(
             exchange, 401, "invalid-token", "Unauthorized",
@@ -374,6 +435,7 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         )  # fmt: skip
 
     def _reject(self, exchange: Exchange, retry_ms: int, fields: _Fields) -> Response:
+        self._give_back_taken(exchange)
         retry = max(1, _seconds(retry_ms))
         headers: Headers = [(RETRY_AFTER, str(retry).encode())]
         if self._headers_on_reject:

@@ -1,0 +1,17 @@
+-- Gives back one request rl_token_bucket.lua admitted, when a later limiter of the same
+-- list refused it: the TAT moves one interval back (a bucket that is full again loses
+-- its key). KEYS[1]: the bucket. ARGV: as rl_token_bucket.lua. Returns 1 if given back.
+-- Twin: gateway.policies.rate_limit.algorithms.token_bucket_refund.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil then
+  return 0
+end
+local new_tat = tat - tonumber(ARGV[1])
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return 1
