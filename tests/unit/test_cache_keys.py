@@ -18,8 +18,16 @@ def keys(**config: Any) -> KeyBuilder:
 def test_sorted_query_is_the_default() -> None:
     k = keys()
     assert k.url(b"/p?b=2&a=1") == k.url(b"/p?a=1&b=2") == "/p?a=1&b=2"
-    assert k.url(b"/p?a=1&&b=2&") == "/p?a=1&b=2"  # empty parameters dropped
+    assert k.url(b"/p?a=1&&b=2&") == "/p?a=1&b=2"  # empty segments dropped
+    assert k.url(b"/p?a=&b=1") == "/p?a=&b=1" != k.url(b"/p?b=1")  # an empty value is kept
     assert k.url(b"/p") == "/p" and k.url(b"/p?") == "/p"
+
+
+def test_sorted_query_keeps_the_order_of_a_repeated_name() -> None:
+    k = keys()
+    assert k.url(b"/p?id=2&b=1&id=1") == "/p?b=1&id=2&id=1"
+    assert k.url(b"/p?id=1&id=2") != k.url(b"/p?id=2&id=1")
+    assert k.url(b"/p?a&a=1") == "/p?a&a=1" and k.url(b"/p?a=1&a") == "/p?a=1&a"
 
 
 def test_as_is_keeps_order_and_ignore_drops_the_query() -> None:

@@ -26,6 +26,10 @@ def glob_regex(patterns: list[str]) -> re.Pattern[str] | None:
     return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
 
 
+def _param_name(param: str) -> str:
+    return param.partition("=")[0]
+
+
 class KeyBuilder:
     """Compiled once from ``key:``; every method is a pure function of the request."""
 
@@ -53,7 +57,9 @@ class KeyBuilder:
         if ignore is not None:
             params = [p for p in params if not ignore.match(p.partition("=")[0])]
         if self.mode == "sorted":
-            params.sort()
+            # By name only, and stable: the values of a repeated name keep their order
+            # (``?id=1&id=2`` is a list an origin may read in order, not a set).
+            params.sort(key=_param_name)
         return f"{path}?{'&'.join(params)}" if params else path
 
     def primary(self, url: str, host: str) -> str:
