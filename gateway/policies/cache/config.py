@@ -39,9 +39,10 @@ class CacheKey(Model):
 
     query: Literal["sorted", "as_is", "ignore"] = Field(
         "sorted",
-        description="`sorted`: query parameters sorted (`?b=2&a=1` and `?a=1&b=2` share an "
-        "entry); `as_is`: the query exactly as received; `ignore`: the query is not part of "
-        "the key.",
+        description="`sorted`: query parameters sorted by name (`?b=2&a=1` and `?a=1&b=2` "
+        "share an entry), the values of a repeated name in the order received, empty "
+        "segments (`&&`) dropped; `as_is`: the query exactly as received; `ignore`: the "
+        "query is not part of the key.",
     )
     headers: list[str] = Field(
         default_factory=list,
