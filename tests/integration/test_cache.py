@@ -133,6 +133,22 @@ def test_unsafe_methods_invalidate(
     assert gw.metric("gateway_cache_invalidations_total", kind="url", source="unsafe") == 2
 
 
+def test_key_headers_are_named_in_vary(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    gw = start_gateway(cache_config(upstream, frontend, {"key": {"headers": ["Accept-Language"]}}))
+    for vary, expected in (
+        (None, "Accept-Language"),
+        ("Accept-Encoding", "Accept-Encoding, Accept-Language"),
+        ("accept-language", "accept-language"),
+    ):
+        _, path = resource(cc="max-age=60", **({"vary": vary} if vary else {}))
+        miss = gw.request("GET", path, headers={"Accept-Language": "fr"})[1]
+        hit = gw.request("GET", path, headers={"Accept-Language": "fr"})[1]
+        assert "stored" in miss["cache-status"] and hit["cache-status"].startswith("gateway; hit")
+        assert miss["vary"] == hit["vary"] == expected
+
+
 def test_admin_purges(start_gateway: GatewayFactory, upstream: Upstream, frontend: str) -> None:
     gw = start_gateway(cache_config(upstream, frontend))
     paths = {}

@@ -47,7 +47,8 @@ class CacheKey(Model):
     headers: list[str] = Field(
         default_factory=list,
         description="Request headers whose values select a separate entry, as if the upstream "
-        "always sent `Vary` with them (`Accept-Language`, `Authorization`, ...).",
+        "always sent `Vary` with them (`Accept-Language`, `Authorization`, ...); they are "
+        "added to the `Vary` of the responses the cache stores and serves.",
     )
     ignore_query: list[str] = Field(
         default_factory=list,

@@ -32,6 +32,7 @@ from gateway.policies.cache.request import (
 from gateway.policies.cache.rules import (
     NO_RULES,
     RequestRules,
+    ResponseFacts,
     is_failure,
     not_storable,
     response_facts,
@@ -192,9 +193,10 @@ class Filler:
                 cs = answers.status(fwd=fwd, fwd_status=response.status, ttl=ttl, stored=True)
                 return answers.serve(ask, entry, response_time, cs)
             cs = answers.status(fwd=fwd, ttl=ttl, stored=True)
+            response.headers = answers.outgoing(self.keys.with_vary(response.headers), cs)
         else:
             cs = answers.status(fwd=fwd, detail=reason)
-        response.headers = answers.outgoing(response.headers, cs)
+            response.headers = answers.outgoing(response.headers, cs)
         return response
 
     async def consider(
@@ -226,7 +228,7 @@ class Filler:
                 host=host,
                 status=response.status,
                 reason=response.reason,
-                headers=stored_headers(response.headers, facts, self._tags, response_time),
+                headers=self.shaped(response.headers, facts, response_time),
                 body=response.body,
                 request_time=request_time,
                 response_time=response_time,
@@ -246,6 +248,11 @@ class Filler:
                     reason, entry = "unavailable", None
         self.stats.stored(reason or "stored")
         return reason, entry
+
+    def shaped(self, headers: Headers, facts: ResponseFacts, response_time: float) -> Headers:
+        """A response's header section as stored (:func:`stored_headers`), with the key
+        headers in its ``Vary``."""
+        return self.keys.with_vary(stored_headers(headers, facts, self._tags, response_time))
 
     async def send(self, ask: Ask, headers: Headers) -> Response:
         """Call the chain below with ``headers`` in place of the request's own."""

@@ -36,9 +36,10 @@ class KeyBuilder:
     def __init__(self, config: CacheKey) -> None:
         self.mode = config.query
         self.use_host = config.host
-        self.headers: tuple[bytes, ...] = tuple(
-            dict.fromkeys(h.lower().encode("latin-1") for h in config.headers)
-        )
+        spelled = {h.lower().encode("latin-1"): h.encode("latin-1") for h in config.headers}
+        self.headers: tuple[bytes, ...] = tuple(spelled)
+        #: The key headers as ``Vary`` names them, spelled as configured.
+        self._vary = spelled
         self._ignore = glob_regex(config.ignore_query)
 
     def url(self, raw_target: bytes) -> str:
@@ -86,6 +87,25 @@ class KeyBuilder:
         if not vary:
             return self.headers
         return tuple(dict.fromkeys((*self.headers, *vary)))
+
+    def with_vary(self, headers: Headers) -> Headers:
+        """``headers`` with every key header named in ``Vary``, so that a cache downstream
+        keeps the variants apart too: the missing names are appended to the ``Vary``
+        the response has (one line), or make one. The same list when nothing is missing.
+        """
+        if not self.headers:
+            return headers
+        listed: list[bytes] = []
+        for key, value in headers:
+            if key.lower() == b"vary":
+                listed.extend(p for p in (v.strip() for v in value.split(b",")) if p)
+        have = {name.lower() for name in listed}
+        missing = [spelled for name, spelled in self._vary.items() if name not in have]
+        if not missing or b"*" in have:
+            return headers
+        out = [(k, v) for k, v in headers if k.lower() != b"vary"]
+        out.append((b"vary", b", ".join([*listed, *missing])))
+        return out
 
 
 def selected_values(headers: Headers, names: tuple[bytes, ...]) -> tuple[bytes | None, ...]:
