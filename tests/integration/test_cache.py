@@ -133,6 +133,41 @@ def test_unsafe_methods_invalidate(
     assert gw.metric("gateway_cache_invalidations_total", kind="url", source="unsafe") == 2
 
 
+def test_a_304_may_make_the_entry_unstorable(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    """RFC 9111 §3, §5.2.2.5, §5.2.2.7: the response a 304 merges into is judged again."""
+    gw = start_gateway(cache_config(upstream, frontend))
+    for directive in ("private", "no-store"):
+        name, path = resource(cc="max-age=60", etag="1")
+        gw.request("GET", path)
+        fail(upstream, name, "none", header=f"Cache-Control:{directive}")
+        status, headers, body = gw.request("GET", path, headers={"Cache-Control": "no-cache"})
+        assert status == 200 and count(body) == 1  # the merged response, for this client
+        _, params = cache_status(headers["cache-status"])
+        assert params["fwd-status"] == "304" and params["detail"] == directive
+        assert "stored" not in params
+        headers = gw.request("GET", path)[1]  # dropped: not a hit
+        assert headers["cache-status"] == f"gateway; fwd=uri-miss; detail={directive}"
+        assert stats(upstream, name)["requests"] == 3
+
+
+def test_a_304_that_changes_vary_selects_the_variant_anew(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    gw = start_gateway(cache_config(upstream, frontend))
+    name, path = resource(cc="max-age=60", etag="1")
+    gw.request("GET", path)
+    fail(upstream, name, "none", header="Vary:X-User")
+    revalidated = gw.request("GET", path, headers={"Cache-Control": "no-cache", "X-User": "a"})
+    assert cache_status(revalidated[1]["cache-status"])[1]["fwd-status"] == "304"
+    hit = gw.request("GET", path, headers={"X-User": "a"})
+    assert hit[1]["cache-status"].startswith("gateway; hit") and count(hit[2]) == 1
+    other = gw.request("GET", path, headers={"X-User": "b"})
+    assert other[1]["cache-status"].startswith("gateway; fwd=vary-miss")
+    assert count(other[2]) == 3
+
+
 def test_key_headers_are_named_in_vary(
     start_gateway: GatewayFactory, upstream: Upstream, frontend: str
 ) -> None:

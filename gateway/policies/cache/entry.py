@@ -257,31 +257,19 @@ class Entry:
         """When this entry may be dropped from every tier."""
         return self.response_time + self.keep
 
-    def freshened(self, received: Headers, request_time: float, response_time: float,
-                  settings: Settings) -> Entry:  # fmt: skip
-        """This entry updated by a 304 (RFC 9111 §4.3.4): the 304's fields replace ours."""
-        facts304 = response_facts(304, received)
-        if facts304.date is None:  # RFC 9110 §6.6.1: stamp it with the time it arrived
-            received = [*received, (b"date", format_http_date(response_time))]
-        replace = {k.lower() for k, _ in received if k.lower() not in _NOT_UPDATED}
-        headers = [(k, v) for k, v in self.headers if k.lower() not in replace]
-        headers.extend((k, v) for k, v in received if k.lower() in replace)
-        return Entry(
-            url=self.url,
-            host=self.host,
-            status=self.status,
-            reason=self.reason,
-            headers=headers,
-            body=self.body,
-            request_time=request_time,
-            response_time=response_time,
-            age_value=facts304.age,
-            select_names=self.select_names,
-            select_values=self.select_values,
-            tags=self.tags,
-            heuristics=self.heuristics,
-            settings=settings,
-        )
+
+def merged_headers(stored: Headers, received: Headers, response_time: float) -> Headers:
+    """A stored header section updated by a 304's (RFC 9111 §4.3.4): the 304's fields
+    replace ours, except ``Content-Length`` and the content fields. The result is a new
+    response to judge and shape again (storable? which variant? see
+    :func:`stored_headers`), not one to store as it is."""
+    if not any(k.lower() == b"date" for k, _ in received):
+        # RFC 9110 §6.6.1: stamp the 304 with the time it arrived.
+        received = [*received, (b"date", format_http_date(response_time))]
+    replace = {k.lower() for k, _ in received if k.lower() not in _NOT_UPDATED}
+    headers = [(k, v) for k, v in stored if k.lower() not in replace]
+    headers.extend((k, v) for k, v in received if k.lower() in replace)
+    return headers
 
 
 def stored_headers(

@@ -78,7 +78,7 @@ class Filler:
         self.coalesce = config.coalesce
         self._wait = config.coalesce_wait
         self._max_object = config.memory.max_object
-        self._store_set_cookie = config.store_set_cookie
+        self.store_set_cookie = config.store_set_cookie
         self._tags = answers.tags
 
     async def miss(self, ask: Ask, fwd: str) -> Response:
@@ -216,7 +216,7 @@ class Filler:
         heuristics = not authorization and exchange.header(b"cookie") is None
         reason = not_storable(
             exchange.method, facts, rules, authorization=authorization,
-            heuristics=heuristics, store_set_cookie=self._store_set_cookie,
+            heuristics=heuristics, store_set_cookie=self.store_set_cookie,
         )  # fmt: skip
         if reason is None and not await response.read(self._max_object):
             reason = "too-large"

@@ -14,13 +14,20 @@ import logging
 from gateway.errors import UpstreamError
 from gateway.exchange import Exchange, Response
 from gateway.policies.cache.coalesce import BackgroundTasks, Flight
-from gateway.policies.cache.entry import Entry
+from gateway.policies.cache.entry import Entry, merged_headers
 from gateway.policies.cache.fields import etag_matches
 from gateway.policies.cache.fill import Filler
+from gateway.policies.cache.keys import selected_values
 from gateway.policies.cache.request import Ask, stale_on_error, validating_headers
-from gateway.policies.cache.rules import NO_RULES, is_failure
+from gateway.policies.cache.rules import (
+    NO_RULES,
+    RequestRules,
+    is_failure,
+    not_storable,
+    response_facts,
+)
 from gateway.policies.cache.status import FWD_STALE
-from gateway.types import Handler
+from gateway.types import Handler, Headers
 
 log = logging.getLogger("gateway.cache")
 
@@ -82,12 +89,13 @@ class Revalidator:
             await response.aclose()
             tag = response.header(b"etag")
             if tag is None or entry.etag is None or etag_matches(tag, entry.etag):
-                fresh = entry.freshened(response.headers, request_time, response_time,
-                                        self.settings)  # fmt: skip
-                in_l1, in_l2 = await self.tiers.put(ask.primary, fresh, response_time)
-                exchange.decide(self.policy, "revalidated")
+                fresh, reason = await self._freshen(
+                    exchange, ask.primary, entry, response.headers, ask.rules, request_time,
+                    response_time,
+                )  # fmt: skip
+                exchange.decide(self.policy, "revalidated", reason or "")
                 cs = answers.status(fwd=FWD_STALE, fwd_status=304, ttl=fresh.ttl(response_time),
-                                    stored=in_l1 or in_l2)  # fmt: skip
+                                    stored=reason is None, detail=reason)  # fmt: skip
                 return answers.serve(ask, fresh, response_time, cs)
             # A 304 for another representation: ours cannot be used; ask plainly.
             return await self.filler.fetch(ask, FWD_STALE)
@@ -102,6 +110,48 @@ class Revalidator:
         return await self.filler.complete(
             ask, response, request_time, response_time, FWD_STALE, entry
         )
+
+    async def _freshen(
+        self, exchange: Exchange, primary: str, entry: Entry, received: Headers,
+        rules: RequestRules, request_time: float, response_time: float,
+    ) -> tuple[Entry, str | None]:  # fmt: skip
+        """``entry`` updated by the 304 (``received``) that answered ``exchange``
+        (RFC 9111 §4.3.4), and why it was not stored (None: it was).
+
+        The merged response is judged as a new one: a 304 may make it ``no-store`` or
+        ``private`` (§3, §5.2.2.5, §5.2.2.7), then ``entry`` is dropped; or change its
+        ``Vary``, then it is stored as the variant the new ``Vary`` selects for this
+        request, in place of ``entry``.
+        """
+        filler = self.filler
+        headers = merged_headers(entry.headers, received, response_time)
+        facts = response_facts(entry.status, headers)
+        reason = not_storable(
+            "GET", facts, rules, authorization=exchange.header(b"authorization") is not None,
+            heuristics=entry.heuristics, store_set_cookie=filler.store_set_cookie,
+        )  # fmt: skip
+        names = filler.keys.selection(facts.vary)
+        fresh = Entry(
+            url=entry.url,
+            host=entry.host,
+            status=entry.status,
+            reason=entry.reason,
+            headers=filler.shaped(headers, facts, response_time),
+            body=entry.body,
+            request_time=request_time,
+            response_time=response_time,
+            age_value=response_facts(304, received).age,
+            select_names=names,
+            select_values=selected_values(exchange.headers, names),
+            tags=entry.tags,
+            heuristics=entry.heuristics,
+            settings=self.settings,
+        )
+        if reason is not None:
+            await self.tiers.delete(primary)
+            return fresh, reason
+        in_l1, in_l2 = await self.tiers.put(primary, fresh, response_time)
+        return fresh, None if in_l1 or in_l2 else "unavailable"
 
     def _refresh_later(self, ask: Ask, entry: Entry) -> None:
         """stale-while-revalidate: one background refresh per key at a time."""
@@ -138,10 +188,10 @@ class Revalidator:
             response_time = self.wall()
             if response.status == 304:
                 await response.aclose()
-                fresh = entry.freshened(response.headers, request_time, response_time,
-                                        self.settings)  # fmt: skip
-                await self.tiers.put(primary, fresh, response_time)
-                result = "ok"
+                _, reason = await self._freshen(
+                    clone, primary, entry, response.headers, NO_RULES, request_time, response_time
+                )
+                result = "ok" if reason is None else "not-stored"
             elif is_failure(response.status):
                 await response.aclose()
             else:
