@@ -168,6 +168,36 @@ def test_a_304_that_changes_vary_selects_the_variant_anew(
     assert count(other[2]) == 3
 
 
+def test_a_cookie_in_a_304_goes_to_its_client_only(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    """With store_set_cookie false a cookie is never stored, whatever brings it."""
+    gw = start_gateway(cache_config(upstream, frontend))
+    name, path = resource(cc="max-age=60", etag="1")
+    gw.request("GET", path)
+    fail(upstream, name, "none", header="Set-Cookie:session=alice")
+    status, headers, body = gw.request("GET", path, headers={"Cache-Control": "no-cache"})
+    assert status == 200 and count(body) == 1 and headers["set-cookie"] == "session=alice"
+    _, params = cache_status(headers["cache-status"])
+    assert params["fwd-status"] == "304" and "stored" in params
+    status, headers, body = gw.request("GET", path)
+    assert headers["cache-status"].startswith("gateway; hit") and "set-cookie" not in headers
+    # The same from a stale-while-revalidate refresh: the cookie is nobody's.
+    name, path = resource(cc="max-age=0, stale-while-revalidate=60", etag="1")
+    gw.request("GET", path)
+    fail(upstream, name, "none", header="Set-Cookie:session=bob")
+    headers = gw.request("GET", path)[1]
+    assert headers["cache-status"].endswith("detail=stale-while-revalidate")
+    assert "set-cookie" not in headers
+    assert wait_until(
+        lambda: gw.metric("gateway_cache_background_total", kind="refresh", result="ok") == 1
+    )
+    assert stats(upstream, name)["not_modified"] == 1
+    headers = gw.request("GET", path)[1]
+    assert headers["cache-status"].endswith("detail=stale-while-revalidate")
+    assert "set-cookie" not in headers
+
+
 def test_key_headers_are_named_in_vary(
     start_gateway: GatewayFactory, upstream: Upstream, frontend: str
 ) -> None:

@@ -89,14 +89,18 @@ class Revalidator:
             await response.aclose()
             tag = response.header(b"etag")
             if tag is None or entry.etag is None or etag_matches(tag, entry.etag):
+                received, cookies = self._own_cookies(response.headers)
                 fresh, reason = await self._freshen(
-                    exchange, ask.primary, entry, response.headers, ask.rules, request_time,
+                    exchange, ask.primary, entry, received, ask.rules, request_time,
                     response_time,
                 )  # fmt: skip
                 exchange.decide(self.policy, "revalidated", reason or "")
                 cs = answers.status(fwd=FWD_STALE, fwd_status=304, ttl=fresh.ttl(response_time),
                                     stored=reason is None, detail=reason)  # fmt: skip
-                return answers.serve(ask, fresh, response_time, cs)
+                served = answers.serve(ask, fresh, response_time, cs)
+                if cookies:  # for the client whose request revalidated, and no other
+                    served.headers.extend(cookies)
+                return served
             # A 304 for another representation: ours cannot be used; ask plainly.
             return await self.filler.fetch(ask, FWD_STALE)
         if is_failure(status):
@@ -110,6 +114,17 @@ class Revalidator:
         return await self.filler.complete(
             ask, response, request_time, response_time, FWD_STALE, entry
         )
+
+    def _own_cookies(self, received: Headers) -> tuple[Headers, Headers]:
+        """(a 304's fields to merge, its ``Set-Cookie`` lines kept out of the entry).
+
+        Without ``store_set_cookie`` a cookie is never stored: one that comes with a 304
+        is the revalidating client's own, not something to replay to every later one.
+        """
+        if self.filler.store_set_cookie or not any(k.lower() == b"set-cookie" for k, _ in received):
+            return received, []
+        merged = [(k, v) for k, v in received if k.lower() != b"set-cookie"]
+        return merged, [(k, v) for k, v in received if k.lower() == b"set-cookie"]
 
     async def _freshen(
         self, exchange: Exchange, primary: str, entry: Entry, received: Headers,
@@ -188,8 +203,9 @@ class Revalidator:
             response_time = self.wall()
             if response.status == 304:
                 await response.aclose()
+                received, _ = self._own_cookies(response.headers)  # nobody to give them to
                 _, reason = await self._freshen(
-                    clone, primary, entry, response.headers, NO_RULES, request_time, response_time
+                    clone, primary, entry, received, NO_RULES, request_time, response_time
                 )
                 result = "ok" if reason is None else "not-stored"
             elif is_failure(response.status):
