@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from gateway.observability.logs import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.policies import REGISTRY, ordered
 from gateway.policies.base import BuildContext, Policy
+from gateway.policies.cache.hub import CacheHub
+from gateway.policies.cache.policy import CachePolicy
+from gateway.policies.cache.rules import SAFE_METHODS
 from gateway.routing import Route, Router
 from gateway.stores import Stores
 from gateway.transport.forward import UpstreamPool, make_forwarder
@@ -73,6 +77,11 @@ class Snapshot:
     digest: str = ""
     trusted: tuple[Any, ...] = ()
     loaded_at: float = field(default_factory=time.time)
+    #: The runtime's caches, when some route has one: a non-error answer to an unsafe
+    #: request that a route without a cache served invalidates them too (RFC 9111 §4.4;
+    #: a route with one leaves it to its cache policy). None: nothing to invalidate.
+    caches: CacheHub | None = None
+    cached_routes: frozenset[Route] = frozenset()
 
     async def dispatch(self, exchange: Exchange, *, upgrade_gate: bool = False) -> Response:
         """Route and run the chain; every failure becomes a problem+json response.
@@ -118,6 +127,12 @@ class Snapshot:
         if upgrade_gate:
             assert route.upgrade_gate is not None
             return route.upgrade_gate
+        if (
+            self.caches is not None
+            and exchange.method not in SAFE_METHODS
+            and route not in self.cached_routes
+        ):
+            return self._invalidating(route, exchange, self.caches)
         prelude = route.prelude
         if prelude is not None:
             # The policies that can decide without awaiting do so now: the answer, or
@@ -128,6 +143,26 @@ class Snapshot:
                 return self.failed(exchange, exc)
         assert route.handler is not None
         return route.handler
+
+    def _invalidating(
+        self, route: Route, exchange: Exchange, caches: CacheHub
+    ) -> Response | Handler:
+        """:meth:`resolve` for an unsafe method on a route without a cache: the route's
+        handler, then (on a 2xx or 3xx) the caches' invalidation, before the answer is
+        sent, so the client's next request cannot find what it changed."""
+        prelude = route.prelude
+        if prelude is None:
+            assert route.handler is not None
+            handler = route.handler
+        else:
+            try:
+                found = prelude(exchange)
+            except Exception as exc:
+                return self.failed(exchange, exc)
+            if isinstance(found, Response):
+                return found
+            handler = found
+        return partial(_invalidate_after, caches, handler)
 
     def failed(self, exchange: Exchange, exc: Exception) -> Response:
         """The answer for what a route's handler raised (never called for ClientGone)."""
@@ -220,6 +255,7 @@ def build_snapshot(
         all_policies.extend(chain)
     if issues:
         raise ConfigError(issues)
+    caches = [p for p in all_policies if isinstance(p, CachePolicy)]
     return Snapshot(
         config=config,
         router=Router(routes),
@@ -228,7 +264,20 @@ def build_snapshot(
         resources=resources,
         digest=digest,
         trusted=trusted,
+        caches=caches[0].hub if caches else None,
+        cached_routes=frozenset(
+            r for r in routes if any(isinstance(p, CachePolicy) for p in r.policies)
+        ),
     )
+
+
+async def _invalidate_after(caches: CacheHub, handler: Handler, exchange: Exchange) -> Response:
+    """Run ``handler``; after a 2xx or 3xx, invalidate what the request changed."""
+    response = await handler(exchange)
+    if 200 <= response.status < 400:
+        count = await caches.after_unsafe(exchange, response)
+        exchange.decide(CachePolicy.name, "invalidate", str(count))
+    return response
 
 
 async def _allow_upgrade(exchange: Exchange) -> Response:

@@ -17,7 +17,7 @@ from tests.integration.cache_helpers import (
     stats,
 )
 from tests.integration.conftest import GatewayFactory
-from tests.integration.harness import Redis, Upstream, free_port, wait_until
+from tests.integration.harness import Redis, Upstream, base_config, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +131,50 @@ def test_unsafe_methods_invalidate(
     assert count(gw.request("GET", other)[2]) == 2  # the same-origin Location
     assert count(gw.request("GET", kept)[2]) == 1
     assert gw.metric("gateway_cache_invalidations_total", kind="url", source="unsafe") == 2
+
+
+def reads_config(
+    upstream: Upstream, frontend: str, cache: dict[str, Any] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The README's layout: a GET/HEAD route with the cache, then a catch-all without."""
+    config = base_config(upstream.url, frontend, **overrides)
+    config["routes"][0] = {
+        "name": "reads",
+        "match": {"prefix": "/cache/r", "methods": ["GET", "HEAD"]},
+        "upstream": "app",
+        "policies": {"cache": cache or {}},
+    }
+    return config
+
+
+def test_unsafe_methods_invalidate_through_a_route_without_a_cache(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    gw = start_gateway(reads_config(upstream, frontend))
+    name, path = resource(cc="max-age=60")
+    _, other = resource(cc="max-age=60")
+    _, kept = resource(cc="max-age=60")
+    for p in (path, other, kept):
+        gw.request("GET", p)
+    fail(upstream, name, "503")
+    assert gw.request("PUT", path, body=b"{}")[0] == 503  # an error invalidates nothing
+    fail(upstream, name, "none", location=other)
+    assert count(gw.request("GET", path)[2]) == 1
+    status, headers, _ = gw.request("PUT", path, body=b"{}")
+    assert status == 204 and "cache-status" not in headers  # the catch-all answered
+    assert count(gw.request("GET", path)[2]) == 2  # the target URI (§4.4)
+    assert count(gw.request("GET", other)[2]) == 2  # the same-origin Location
+    assert count(gw.request("GET", kept)[2]) == 1
+    assert gw.metric("gateway_cache_invalidations_total", kind="url", source="unsafe") == 2
+    assert (
+        gw.metric(
+            "gateway_policy_decisions_total",
+            route="everything-else",
+            policy="cache",
+            action="invalidate",
+        )
+        == 1
+    )
 
 
 def test_a_304_may_make_the_entry_unstorable(
@@ -325,6 +369,23 @@ def test_two_gateways_share_redis(
         lambda: one.metric("gateway_cache_invalidations_total", kind="url", source="remote") >= 1
     )
     assert count(one.request("GET", other)[2]) == 2
+
+
+def test_an_unsafe_method_through_a_route_without_a_cache_reaches_every_replica(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str, redis_server: Redis
+) -> None:
+    stores = {"shared": {"url": redis_server.url, "timeout": "200ms"}}
+    config = reads_config(upstream, frontend, {"stores": ["memory", "shared"]}, stores=stores)
+    one, two = start_gateway(config), start_gateway(config)
+    _, path = resource(cc="max-age=60")
+    assert count(one.request("GET", path)[2]) == 1
+    assert two.request("GET", path)[1]["cache-status"].endswith("; detail=l2")
+    assert two.request("DELETE", path)[0] == 204
+    assert wait_until(
+        lambda: one.metric("gateway_cache_invalidations_total", kind="url", source="remote") >= 1
+    )
+    assert count(one.request("GET", path)[2]) == 2  # gone from both tiers and both memories
+    assert count(two.request("GET", path)[2]) == 2
 
 
 def test_redis_down_degrades_to_memory(

@@ -6,7 +6,8 @@ reloads), so two runtimes side by side never share one. It holds:
 
 * the in-process tiers, shared by a route's old and new policy during a reload and kept
   when the route's cache config did not change (a reload does not empty the cache);
-* the live cache policies, to which every invalidation is applied;
+* the live cache policies, to which every invalidation is applied (also those after an
+  unsafe request to a route without a cache, which the snapshot hands here);
 * one pub/sub subscription per shared store (Redis subscriptions cannot be undone, so
   they are made once per process, not once per snapshot);
 * the ban list and the replicated *ban log*: each admin purge is also written under a
@@ -27,8 +28,9 @@ from typing import Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
 from gateway.errors import StoreError
+from gateway.exchange import Exchange, Response
 from gateway.observability.metrics import Metrics
-from gateway.policies.cache.invalidation import CLOCK_SKEW, BanList, Invalidation
+from gateway.policies.cache.invalidation import CLOCK_SKEW, BanList, Invalidation, unsafe_targets
 from gateway.policies.cache.memory import MemoryTier
 from gateway.stores import Counters, KeyValue, PubSub, Stores
 from gateway.stores.guard import StoreGuard
@@ -196,6 +198,19 @@ class CacheHub:
                 )
             replicated = replicated and sent and logged
         return PurgeResult(removed, replicated and bool(names), names)
+
+    async def after_unsafe(self, exchange: Exchange, response: Response) -> int:
+        """Invalidate what a non-error answer to an unsafe request changed (RFC 9111 §4.4,
+        :func:`unsafe_targets`) in every live cache, whichever route served it; the
+        number of URLs."""
+        urls = unsafe_targets(exchange, response)
+        host = exchange.host.decode("latin-1") or None
+        now = self.clock()
+        for url in urls:
+            await self.invalidate(
+                Invalidation.new("url", url, host, now), source="unsafe", ban=False
+            )
+        return len(urls)
 
     async def _apply(self, inv: Invalidation, *, origin: bool, ban: bool, source: str) -> int:
         if ban:

@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 
+from gateway.exchange import Exchange, Response
 from gateway.policies.cache.entry import Entry
 from gateway.policies.cache.keys import glob_regex
 
@@ -135,3 +136,19 @@ def same_origin_path(value: bytes, scheme: str, host: bytes, base_path: str) -> 
     if f"{parts.scheme}://{parts.netloc.lower()}" != origin:
         return None
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def unsafe_targets(exchange: Exchange, response: Response) -> list[str]:
+    """What a non-error answer to an unsafe request invalidates (RFC 9111 §4.4): its
+    target URI and the same-origin ``Location`` / ``Content-Location``, as path?query."""
+    raw = exchange.raw_target
+    qpos = raw.find(b"?")
+    path = (raw if qpos < 0 else raw[:qpos]).decode("latin-1")
+    urls = [raw.decode("latin-1")]
+    for name in (b"location", b"content-location"):
+        value = response.header(name)
+        if value is not None:
+            other = same_origin_path(value, exchange.scheme, exchange.host, path)
+            if other is not None:
+                urls.append(other)
+    return list(dict.fromkeys(urls))

@@ -30,7 +30,7 @@ from gateway.policies.cache.config import CacheConfig
 from gateway.policies.cache.entry import Entry, Settings
 from gateway.policies.cache.fill import Filler
 from gateway.policies.cache.hub import CacheHub, SharedTier
-from gateway.policies.cache.invalidation import Invalidation, Matcher, same_origin_path
+from gateway.policies.cache.invalidation import Invalidation, Matcher
 from gateway.policies.cache.keys import KeyBuilder
 from gateway.policies.cache.memory import MemoryTier
 from gateway.policies.cache.request import Ask, asks_nothing, fresh_for, select
@@ -249,23 +249,9 @@ class CachePolicy(Policy[CacheConfig]):
         return response
 
     async def _invalidate_after(self, exchange: Exchange, response: Response) -> None:
-        """RFC 9111 §4.4: the target URI, and same-origin Location / Content-Location."""
-        raw = exchange.raw_target
-        qpos = raw.find(b"?")
-        path = (raw if qpos < 0 else raw[:qpos]).decode("latin-1")
-        urls = [raw.decode("latin-1")]
-        for name in (b"location", b"content-location"):
-            value = response.header(name)
-            if value is not None:
-                other = same_origin_path(value, exchange.scheme, exchange.host, path)
-                if other is not None:
-                    urls.append(other)
-        host = exchange.host.decode("latin-1") or None
-        now = self.wall()
-        for url in dict.fromkeys(urls):
-            inv = Invalidation.new("url", url, host, now)
-            await self.hub.invalidate(inv, source="unsafe", ban=False)
-        exchange.decide(self.name, "invalidate", str(len(urls)))
+        """RFC 9111 §4.4, in every cache of the runtime (see :meth:`CacheHub.after_unsafe`)."""
+        count = await self.hub.after_unsafe(exchange, response)
+        exchange.decide(self.name, "invalidate", str(count))
 
     async def invalidate_local(self, inv: Invalidation, *, origin: bool) -> int:
         """Apply an invalidation to this policy's tiers; the number of URLs/variants dropped.
