@@ -16,6 +16,14 @@ framing decisions), at a fraction of the cost per response:
 - an HTTP/1.0 response of unknown length is close-delimited, never chunked (RFC 9112
   6.1: an HTTP/1.0 client cannot read chunks); HTTP/1.0 is never kept alive here, so the
   connection's end is the body's end;
+- a response to HEAD, or with status 1xx, 204 or 304, has no body whatever its
+  ``Content-Length`` says (RFC 9110 8.6, 9.3.2, 15.4.5): the header goes out as given
+  and the connection stays open, where uvicorn's cycle reports a body shorter than
+  announced and closes;
+- a status with no phrase of its own (any three digits) gets an empty reason phrase
+  (RFC 9112 4 allows it), where uvicorn's table has only 100-599;
+- an upstream body that breaks after the head (``UpstreamBodyError``, which the app
+  has already logged in one line) cuts the connection without a traceback;
 - no closure is built per request.
 """
 
@@ -34,6 +42,8 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from gateway.errors import UpstreamBodyError
 
 # Every byte uvicorn's value pattern allows (tab, printable ASCII, 0x80-0xff); the
 # bytes its name pattern allows are a subset. Deleting them from a head leaves exactly
@@ -102,6 +112,7 @@ class FastCycle(RequestResponseCycle):
     chunked_encoding: bool | None = None
     expected_content_length = 0
     close_delimited = False
+    bodiless = False  # HEAD, 1xx, 204, 304: whatever is sent as a body is dropped
     task: asyncio.Task[None] | None = None  # set by the protocol that starts it
     _head: bytes | None = None  # written with the first body message, or at the next turn
 
@@ -132,6 +143,10 @@ class FastCycle(RequestResponseCycle):
             # typed as returning None, which is what this checks at run time
             result: object = await cast(_AnyApp, app)(self.scope, self.receive, self.send)
         except BaseException as exc:
+            if self.response_started and isinstance(exc, UpstreamBodyError):
+                # The app logged it in one line; a started response can only be cut.
+                self.transport.close()
+                return
             self.logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
                 await self.send_500_response()
@@ -175,6 +190,11 @@ class FastCycle(RequestResponseCycle):
             )
 
     def _start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        status_line = STATUS_LINE.get(status)
+        if status_line is None:
+            if not 100 <= status <= 999:  # before the response starts: the client gets a 500
+                raise RuntimeError(f"Invalid HTTP status code {status!r}.")
+            status_line = b"HTTP/1.1 %d \r\n" % status  # no phrase known: an empty one
         self.response_started = True
         self.waiting_for_100_continue = False
         conn = self.conn
@@ -191,7 +211,7 @@ class FastCycle(RequestResponseCycle):
                 scope["http_version"],
                 status,
             )
-        parts = [STATUS_LINE[status]]
+        parts = [status_line]
         close = False
         known = conn.names
         clean = True
@@ -221,12 +241,12 @@ class FastCycle(RequestResponseCycle):
         given = len(parts)
         if not self.keep_alive and not close:
             parts.append(_CLOSE_LINE)
-        if (
-            self.chunked_encoding is None
-            and self.scope["method"] != "HEAD"
-            and status != 204
-            and status != 304
-        ):
+        if self.scope["method"] == "HEAD" or status == 204 or status == 304 or status < 200:
+            # No body whatever Content-Length says: the header is passed on as given.
+            self.bodiless = True
+            self.expected_content_length = 0
+            self.chunked_encoding = False
+        elif self.chunked_encoding is None:
             if self.http10:
                 self.chunked_encoding = False
                 self.close_delimited = True
@@ -250,8 +270,7 @@ class FastCycle(RequestResponseCycle):
                 self.transport.write(head)
 
     def _body(self, body: bytes, more_body: bool) -> None:
-        if self.scope["method"] == "HEAD":
-            self.expected_content_length = 0
+        if self.bodiless:
             data = b""
         elif self.chunked_encoding:
             if body:

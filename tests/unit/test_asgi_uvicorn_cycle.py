@@ -18,6 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 from uvicorn.server import ServerState
 
 from gateway.config.models import Limits
+from gateway.errors import UpstreamBodyError
 from gateway.frontends.uvicorn_limits import limited_protocol
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -322,3 +323,54 @@ def test_slow_head_gets_408() -> None:
     _, transport = run(scenario())
     assert transport.wire.startswith(b"HTTP/1.1 408 ")
     assert transport.closed
+
+
+# -- responses without a body, and statuses without a phrase -------------------------------
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodiless_status_with_content_length_keeps_the_connection(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = whole([(b"ETag", b'"x"'), (b"Content-Length", b"50")], b"", status)
+    _, transport = run(serve(app, GET))
+    assert transport.wire.endswith(b'ETag: "x"\r\nContent-Length: 50\r\n\r\n')
+    assert not transport.closed
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_head_with_a_streamed_body_sends_no_body() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    _, transport = run(serve(app, b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert transport.wire == b"HTTP/1.1 200 OK\r\n\r\n"
+    assert not transport.closed
+
+
+@pytest.mark.parametrize("status", [299, 499, 599, 600, 999])
+def test_status_without_a_phrase_is_sent(status: int) -> None:
+    _, transport = run(serve(whole([(b"content-length", b"2")], b"ok", status), GET))
+    assert transport.wire.startswith(b"HTTP/1.1 %d " % status)
+    assert transport.wire.endswith(b"\r\n\r\nok")
+    assert not transport.closed
+
+
+def test_impossible_status_is_a_500() -> None:
+    _, transport = run(serve(whole([(b"content-length", b"2")], b"ok", 1000), GET))
+    assert transport.wire.startswith(b"HTTP/1.1 500 ")
+
+
+def test_upstream_body_error_cuts_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"100")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"0123456789", "more_body": True})
+        raise UpstreamBodyError("connection closed mid-body")
+
+    _, transport = run(serve(app, GET))
+    assert transport.wire.endswith(b"\r\n\r\n0123456789")
+    assert transport.closed
+    assert not [r for r in caplog.records if r.exc_info]
