@@ -3,10 +3,15 @@
 uvicorn bounds neither the request line, nor the header block, nor the time a client
 takes to send its head. This subclass adds ``limits.max_request_line`` (414),
 ``max_header_size`` and ``max_headers`` (431) and ``header_timeout`` (408, slowloris),
-answered as problem+json before the request reaches the app. It also refuses a
-Transfer-Encoding the native front-end refuses (400/501) before the app is called,
-answers a refusal in a pipeline only after the earlier responses, and frames an
-HTTP/1.0 response of unknown length by closing the connection, never with chunks.
+answered as problem+json before the request reaches the app. It also refuses, before
+the app is called, what the native front-end refuses: a Transfer-Encoding other than
+chunked (400/501), a version other than HTTP/1.0 and 1.1 (505), an HTTP/1.1 request
+without exactly one Host, a malformed Host, a target that is neither a path nor an
+absolute URL (``*`` only for OPTIONS) (400). An absolute-form target becomes
+origin-form and its authority replaces Host (RFC 9112 3.2.2). Refusals are
+problem+json with ``Cache-Control: no-store``, answered in a pipeline only after the
+earlier responses. An HTTP/1.0 response of unknown length is framed by closing the
+connection, never with chunks.
 
 The per-request path is uvicorn's, made cheaper for any ASGI app: the scope is built in
 one go once the head is complete, responses go through :class:`FastCycle`, and the
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from typing import Any
+from typing import Any, NoReturn
 
 import httptools
 from uvicorn._types import HTTPScope
@@ -28,10 +33,18 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavai
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.config.models import Limits
-from gateway.edge import status_phrase
-from gateway.errors import problem_body
+from gateway.edge import problem_response, status_phrase
 from gateway.exchange import Response
-from gateway.frontends.native_request import bad_request, transfer_coding_refusal
+from gateway.frontends.common import http_date
+from gateway.frontends.host_check import valid_host
+from gateway.frontends.native_request import (
+    BadTarget,
+    bad_request,
+    head_refusal,
+    origin_form,
+    too_large,
+    transfer_coding_refusal,
+)
 from gateway.frontends.uvicorn_cycle import Connection, FastCycle
 
 # What the connection's one deadline is for.
@@ -43,21 +56,26 @@ class _LimitExceeded(Exception):
     pass
 
 
-def error_bytes(status: int, kind: str, detail: str) -> bytes:
-    body = problem_body(status, kind, status_phrase(status).decode(), detail)
-    return answer_bytes(status, body)
-
-
-def answer_bytes(status: int, body: bytes) -> bytes:
-    """A whole problem+json answer after which the connection is closed."""
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n%s" % (status, status_phrase(status), len(body), body)
-    )
+def error_bytes(status: int, kind: str, title: str, detail: str) -> bytes:
+    """The front-end's own problem+json refusal, worded as the native front-end's."""
+    return response_bytes(problem_response(None, status, kind, title, detail))
 
 
 def response_bytes(response: Response) -> bytes:
-    return answer_bytes(response.status, response.body)
+    """A whole answer (its headers, ``Date``, ``Connection: close``), then the connection closes.
+
+    The headers are the problem's own (``Content-Type``, ``Content-Length``,
+    ``Cache-Control: no-store``): a refusal is about one connection, never to be stored.
+    """
+    status = response.status
+    lines = b"".join(b"%s: %s\r\n" % pair for pair in response.headers)
+    return b"HTTP/1.1 %d %s\r\n%sdate: %s\r\nconnection: close\r\n\r\n%s" % (
+        status,
+        status_phrase(status),
+        lines,
+        http_date(),
+        response.body,
+    )
 
 
 def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
@@ -86,6 +104,8 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._header_count = 0
             self._chunked = False
             self._has_body = False
+            self._hosts = 0  # Host lines in the head
+            self._host = b""  # the last one's value
             self._in_head = False  # between on_message_begin and on_headers_complete
             self._in_message = False  # between on_message_begin and on_message_complete
             self._begins = 0  # messages begun on this connection
@@ -150,7 +170,8 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             if self._busy():  # an earlier response is still owed: the client waits on us
                 self._set_deadline(HEAD, header_timeout)
                 return
-            self._refuse(error_bytes(408, "request-timeout", "the request head took too long"))
+            detail = f"the request head did not arrive within {header_timeout}s"
+            self._refuse(error_bytes(408, "request-timeout", "Request Timeout", detail))
 
         def _body_late(self) -> None:
             # The longest pause between two pieces of a request body. Time the app itself
@@ -239,9 +260,10 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 else:
                     self._unsupported_upgrade_warning()
                 return
-            except httptools.HttpParserError:
-                reject = self._reject or error_bytes(
-                    400, "bad-request", "the request is not valid HTTP/1.1"
+            except httptools.HttpParserError as exc:
+                # As the native front-end: the parser's own reason is the detail.
+                reject = self._reject or response_bytes(
+                    bad_request(str(exc) or "the request is not valid HTTP/1.1")
                 )
                 self._refuse(reject)
                 return
@@ -258,15 +280,10 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                     tail = len(data) - data.rfind(b"\n") - 1 if self._header_count else 0
                     self._head_bytes = len(self.url) + self._head_size + tail
                 if self._head_bytes > head_bound:
-                    self._refuse(
-                        error_bytes(
-                            431,
-                            "request-header-fields-too-large",
-                            "the request head is too large",
-                        )
-                    )
+                    detail = f"the request head is larger than {head_bound} bytes"
+                    self._refuse(response_bytes(too_large(detail)))
 
-        def _raise(self, answer: bytes) -> None:
+        def _raise(self, answer: bytes) -> NoReturn:
             self._reject = answer
             raise _LimitExceeded
 
@@ -279,6 +296,8 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._header_count = 0
             self._chunked = False
             self._has_body = False
+            self._hosts = 0
+            self._host = b""
             self._in_head = self._in_message = True
             self._begins += 1
             if self._deadline_kind != HEAD:
@@ -287,20 +306,24 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
         def on_url(self, url: bytes) -> None:
             self.url += url
             if len(self.url) > max_line:
-                self._raise(error_bytes(414, "uri-too-long", "the request line is too long"))
+                detail = f"the request line is longer than {max_line} bytes"
+                self._raise(error_bytes(414, "uri-too-long", "URI Too Long", detail))
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._head_size += len(name) + len(value) + 4
             self._header_count += 1
-            if self._head_size > max_header_size or self._header_count > max_headers:
-                self._raise(
-                    error_bytes(
-                        431, "request-header-fields-too-large", "the request headers are too large"
-                    )
-                )
+            if self._head_size > max_header_size:
+                detail = f"the header fields exceed {max_header_size} bytes"
+                self._raise(response_bytes(too_large(detail)))
+            if self._header_count > max_headers:
+                self._raise(response_bytes(too_large(f"more than {max_headers} header fields")))
             name = name.lower()
             size = len(name)
-            if size == 14:
+            if size == 4:
+                if name == b"host":
+                    self._hosts += 1
+                    self._host = value
+            elif size == 14:
                 if name == b"content-length" and value.strip() not in (b"0", b""):
                     self._has_body = True
             elif size == 17:
@@ -316,16 +339,12 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self.headers.append((name, value))
 
         def on_headers_complete(self) -> None:
-            self._in_head = False
             parser = self.parser
             version = parser.get_http_version()
-            if self._chunked and version != "1.1":
-                # RFC 9112 6.1: the framing of such a message is faulty.
-                refusal = bad_request("Transfer-Encoding is not allowed in an HTTP/1.0 request")
-                self._raise(response_bytes(refusal))
             raw_method = parser.get_method()
             method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-            url = self.url
+            url = self._check_head(version, method)
+            self._in_head = False  # after the checks: a refusal here is not a broken body
             if url[:1] == b"/" and b"#" not in url:
                 raw_path, _, query = url.partition(b"?")
             else:
@@ -384,6 +403,30 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             else:  # pipelined: it waits for the earlier responses
                 self.flow.pause_reading()
                 self.pipeline.appendleft((cycle, app))
+
+        def _check_head(self, version: str, method: str) -> bytes:
+            """The request target in origin-form, or raise the refusal (as native's)."""
+            upgrade_body = self._has_body and bool(self.parser.should_upgrade())
+            refusal = head_refusal(version, self._hosts, self._chunked, upgrade_body)
+            if refusal is not None:
+                self._raise(response_bytes(refusal))
+            url = self.url
+            host: bytes | None = self._host if self._hosts else None
+            if url[:1] != b"/":
+                try:
+                    url, authority = origin_form(url, method)
+                except BadTarget as exc:
+                    self._raise(response_bytes(bad_request(str(exc))))
+                if authority is not None:
+                    # RFC 9112 3.2.2: the target's authority replaces Host, for routing
+                    # and upstream alike.
+                    headers = [(k, v) for k, v in self.headers if k != b"host"]
+                    headers.insert(0, (b"host", authority))
+                    self.headers = headers
+                    host = authority
+            if host is not None and not valid_host(host):
+                self._raise(response_bytes(bad_request("the Host header is not a valid host")))
+            return url
 
         def on_body(self, body: bytes) -> None:
             if self._deadline_kind == BODY:  # the next piece is due within body_timeout

@@ -8,6 +8,7 @@ pipelining in order, and the connection's deadlines.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -323,6 +324,116 @@ def test_slow_head_gets_408() -> None:
     _, transport = run(scenario())
     assert transport.wire.startswith(b"HTTP/1.1 408 ")
     assert transport.closed
+
+
+# -- what the protocol refuses before the app is called, as the native front-end does -----
+
+
+def echo_scope(seen: list[Any]) -> App:
+    """An app that records its scope and answers 200 with no body."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        while (await receive())["more_body"]:
+            pass
+        await whole([(b"content-length", b"0")], b"")(scope, receive, send)
+
+    return app
+
+
+def refusal(wire: bytes) -> tuple[bytes, dict[bytes, bytes], dict[str, Any]]:
+    head, _, body = wire.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in lines)
+    return status, fields, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "detail"),
+    [
+        (b"GET /x HTTP/1.1\r\n\r\n", 400, "a request needs exactly one Host header"),
+        (b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "exactly one Host"),
+        (b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "the Host header is not a valid host"),
+        (b"GET /x HTTP/1.1\r\nHost: a/b@c\r\n\r\n", 400, "the Host header is not a valid host"),
+        (b"GET /x HTTP/2.0\r\nHost: t\r\n\r\n", 505, "only HTTP/1.0 and 1.1 are served"),
+        (b"GET /x\r\n\r\n", 505, "only HTTP/1.0 and 1.1 are served"),
+        (b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", 400, "must be a path or an absolute URL"),
+        (b"GET http://u:p@h/x HTTP/1.1\r\nHost: t\r\n\r\n", 400, "invalid absolute"),
+    ],
+)
+def test_head_refused_before_the_app(request_bytes: bytes, status: int, detail: str) -> None:
+    seen: list[Any] = []
+    _, transport = run(serve(echo_scope(seen), request_bytes))
+    assert not seen, "the app must not be called"
+    line, fields, problem = refusal(transport.wire)
+    assert line.startswith(b"HTTP/1.1 %d " % status)
+    assert fields[b"content-type"] == b"application/problem+json"
+    assert fields[b"cache-control"] == b"no-store"
+    assert fields[b"connection"] == b"close"
+    assert b"date" in fields
+    assert problem["status"] == status
+    assert detail in problem["detail"]
+    assert transport.closed
+
+
+@pytest.mark.parametrize(
+    "host", [b"t", b"example.com:8080", b"[::1]:8080", b"10.0.0.1", b"xn--bcher-kva.example", b""]
+)
+def test_valid_hosts_reach_the_app(host: bytes) -> None:
+    seen: list[Any] = []
+    run(serve(echo_scope(seen), b"GET /x HTTP/1.1\r\nHost: %s\r\n\r\n" % host))
+    assert [dict(scope["headers"])[b"host"] for scope in seen] == [host]
+
+
+def test_http10_without_host_reaches_the_app() -> None:
+    seen: list[Any] = []
+    run(serve(echo_scope(seen), b"GET /x HTTP/1.0\r\n\r\n"))
+    assert len(seen) == 1
+
+
+def test_options_asterisk_reaches_the_app() -> None:
+    seen: list[Any] = []
+    run(serve(echo_scope(seen), b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert [scope["raw_path"] for scope in seen] == [b"*"]
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query", "host"),
+    [
+        (b"http://other.example:81/echo?q=1", "/echo", b"q=1", b"other.example:81"),
+        (b"https://other.example/a%20b", "/a b", b"", b"other.example"),
+        (b"http://other", "/", b"", b"other"),
+        (b"http://other?q=2", "/", b"q=2", b"other"),
+    ],
+)
+def test_absolute_form_authority_replaces_host(
+    target: bytes, path: str, query: bytes, host: bytes
+) -> None:
+    seen: list[Any] = []
+    request_bytes = b"GET %s HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n" % target
+    run(serve(echo_scope(seen), request_bytes))
+    (scope,) = seen
+    assert (scope["path"], scope["query_string"]) == (path, query)
+    assert scope["headers"] == [(b"host", host), (b"x-a", b"1")]
+
+
+def test_parser_refusal_names_the_fault() -> None:
+    request_bytes = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    _, transport = run(serve(echo_scope([]), request_bytes))
+    line, fields, problem = refusal(transport.wire)
+    assert line == b"HTTP/1.1 400 Bad Request"
+    assert fields[b"cache-control"] == b"no-store"
+    assert problem["detail"] != "the request is not valid HTTP/1.1"
+
+
+def test_limit_refusals_are_not_stored() -> None:
+    request_bytes = b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+    _, transport = run(serve(echo_scope([]), request_bytes, Limits(max_request_line=64)))
+    line, fields, problem = refusal(transport.wire)
+    assert line.startswith(b"HTTP/1.1 414 ")
+    assert fields[b"cache-control"] == b"no-store"
+    assert (problem["status"], problem["title"]) == (414, "URI Too Long")
+    assert problem["detail"] == "the request line is longer than 64 bytes"
 
 
 # -- responses without a body, and statuses without a phrase -------------------------------
