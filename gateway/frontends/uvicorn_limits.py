@@ -8,7 +8,9 @@ the app is called, what the native front-end refuses: a Transfer-Encoding other 
 chunked (400/501), a version other than HTTP/1.0 and 1.1 (505), an HTTP/1.1 request
 without exactly one Host, a malformed Host, a target that is neither a path nor an
 absolute URL (``*`` only for OPTIONS) (400). An absolute-form target becomes
-origin-form and its authority replaces Host (RFC 9112 3.2.2). Refusals are
+origin-form and its authority replaces Host (RFC 9112 3.2.2). Trailer fields of a
+chunked request are read and dropped, never merged into the headers (RFC 9110 6.5.1),
+and an HTTP/1.0 client never gets ``100 Continue`` (RFC 9110 10.1.1). Refusals are
 problem+json with ``Cache-Control: no-store``, answered in a pipeline only after the
 earlier responses. An HTTP/1.0 response of unknown length is framed by closing the
 connection, never with chunks.
@@ -317,6 +319,11 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 self._raise(response_bytes(too_large(detail)))
             if self._header_count > max_headers:
                 self._raise(response_bytes(too_large(f"more than {max_headers} header fields")))
+            if not self._in_head:
+                # A trailer field of a chunked body: counted against the limits, then
+                # dropped. It is never merged into the header section (RFC 9110 6.5.1),
+                # where it could pose as Host, Authorization or X-Forwarded-For.
+                return
             name = name.lower()
             size = len(name)
             if size == 4:
@@ -394,7 +401,8 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 scope,
                 self._conn,
                 version != "1.0" and parser.should_keep_alive(),
-                self.expect_100_continue,
+                # RFC 9110 10.1.1: an HTTP/1.0 client's expectation is ignored.
+                self.expect_100_continue and version == "1.1",
                 version == "1.0",
                 self.on_response_complete,
             )

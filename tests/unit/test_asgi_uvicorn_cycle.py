@@ -417,6 +417,49 @@ def test_absolute_form_authority_replaces_host(
     assert scope["headers"] == [(b"host", host), (b"x-a", b"1")]
 
 
+def test_request_trailers_are_not_merged_into_the_headers() -> None:
+    seen: list[Any] = []
+    request_bytes = (
+        b"POST /x HTTP/1.1\r\nHost: good\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nHost: evil\r\nAuthorization: Bearer x\r\n\r\n"
+    )
+    _, transport = run(serve(echo_scope(seen), request_bytes))
+    (scope,) = seen
+    assert scope["headers"] == [(b"host", b"good"), (b"transfer-encoding", b"chunked")]
+    assert transport.wire.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_no_100_continue_to_an_http10_client() -> None:
+    request_bytes = (
+        b"POST /x HTTP/1.0\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+
+    async def scenario() -> tuple[Any, FakeTransport]:
+        protocol, transport = await serve(echo_scope([]), request_bytes)
+        protocol.data_received(b"hello")
+        await asyncio.sleep(0.01)
+        return protocol, transport
+
+    _, transport = run(scenario())
+    assert b"100 Continue" not in transport.wire
+    assert transport.wire.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_100_continue_to_an_http11_client() -> None:
+    request_bytes = (
+        b"POST /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+
+    async def scenario() -> tuple[Any, FakeTransport]:
+        protocol, transport = await serve(echo_scope([]), request_bytes)
+        protocol.data_received(b"hello")
+        await asyncio.sleep(0.01)
+        return protocol, transport
+
+    _, transport = run(scenario())
+    assert transport.wire.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+
+
 def test_parser_refusal_names_the_fault() -> None:
     request_bytes = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
     _, transport = run(serve(echo_scope([]), request_bytes))
