@@ -71,7 +71,7 @@ class Route:
             assert match.prefix is not None
             route._prefix = match.prefix.rstrip("/")
         if match.host:
-            host = match.host.lower()
+            host = _without_root_dot(match.host.lower())
             if host.startswith("*."):
                 route._host_suffix = host[1:]
             else:
@@ -104,6 +104,8 @@ class Route:
                 name = name[: name.find("]") + 1]
             else:
                 name = name.rpartition(":")[0] or name
+            # "secret.example." is the fully qualified spelling of "secret.example".
+            name = _without_root_dot(name)
             if self._host is not None and name != self._host:
                 return False
             if self._host_suffix is not None and not name.endswith(self._host_suffix):
@@ -113,6 +115,11 @@ class Route:
             if got is None or (want is not None and got != want):
                 return False
         return True
+
+
+def _without_root_dot(name: str) -> str:
+    """A host name without the one trailing dot of its absolute (FQDN) spelling."""
+    return name[:-1] if name.endswith(".") else name
 
 
 class RouteMatch:

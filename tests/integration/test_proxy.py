@@ -205,6 +205,26 @@ def test_websocket_echo(gateway: Gateway) -> None:
         assert ws.recv(timeout=5) == b"\x00\x01binary"
 
 
+def test_host_with_a_trailing_dot_takes_its_host_route(
+    start_gateway: GatewayFactory, upstream: Any, frontend: str
+) -> None:
+    config = base_config(upstream.url, frontend)
+    config["routes"].insert(
+        0,
+        {
+            "name": "secret-denied",
+            "match": {"prefix": "/", "host": "secret.example"},
+            "upstream": "app",
+            "policies": {"noop": {"respond": 403}},
+        },
+    )
+    gw = start_gateway(config)
+    for host in ("secret.example", "secret.example.", "SECRET.example.:8080"):
+        status, _, body = gw.request("GET", "/echo", headers={"Host": host})
+        assert status == 403, (host, body)
+    assert echo(gw, headers={"Host": "public.example"})["target"] == "/echo"
+
+
 def test_keepalive_reuses_client_connection(gateway: Gateway) -> None:
     import http.client
 

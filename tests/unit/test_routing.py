@@ -73,6 +73,9 @@ def test_header_matching(headers: list[tuple[bytes, bytes]], name: str | None) -
     [
         (b"a.example.com", True),
         (b"A.EXAMPLE.COM:8080", True),
+        (b"a.example.com.", True),  # the absolute (FQDN) spelling
+        (b"a.example.com.:8080", True),
+        (b"a.example.com..", False),
         (b"example.com", False),
         (b"evil.com", False),
         (b"", False),
@@ -102,3 +105,16 @@ def test_paths_are_normalized_for_routing(target: bytes, forwarded: bytes, route
     exchange = Exchange("GET", target, [], "127.0.0.1")
     assert exchange.raw_target == forwarded
     assert exchange.path == routed
+
+
+@pytest.mark.parametrize("host", [b"secret.example", b"secret.example.", b"SECRET.example.:443"])
+def test_exact_host_matches_its_fqdn_spelling(host: bytes) -> None:
+    # A trailing dot must not walk around a host-matched route (and its policies).
+    router = Router([route("secret", prefix="/", host="secret.example"), route("rest", prefix="/")])
+    result = router.match("GET", "/x", host, [])
+    assert result.route is not None and result.route.name == "secret"
+
+
+def test_configured_host_with_a_trailing_dot() -> None:
+    router = Router([route("secret", prefix="/", host="secret.example.")])
+    assert router.match("GET", "/x", b"secret.example", []).route is not None
