@@ -65,6 +65,7 @@ class Connection(asyncio.Protocol):
         "headers",
         "idle",
         "idle_since",
+        "in_head",
         "in_pool",
         "last_io",
         "loop",
@@ -107,6 +108,7 @@ class Connection(asyncio.Protocol):
         self.current: Incoming | None = None
         self.reason = b""
         self.headers: Headers = []
+        self.in_head = False  # between on_message_begin and on_headers_complete
         self.failure: str | None = None
         self.paused = False
         self.write_paused = False
@@ -301,14 +303,18 @@ class Connection(asyncio.Protocol):
             raise _Abort
         self.reason = b""
         self.headers = []
+        self.in_head = True
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer field: dropped, never merged into the head (RFC 9110 6.5.1)
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         parser = self.parser
         status: int = parser.get_status_code()
         if status < 200:

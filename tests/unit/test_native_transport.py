@@ -1274,3 +1274,28 @@ def test_upgrade_relays_raw_bytes_and_leaves_the_pool(run: Runner[None]) -> None
             await t.close()
 
     run(main())
+
+
+# --- what is never relayed as received ---------------------------------------------------
+
+
+def test_response_trailers_are_not_merged_into_the_head(run: Runner[None]) -> None:
+    async def main() -> None:
+        async def handler(peer: Peer) -> None:
+            await peer.request()
+            peer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+                b"3\r\nabc\r\n0\r\nX-Checksum: 1234\r\nSet-Cookie: late=1\r\n\r\n"
+            )
+            await peer.wait_eof()
+
+        async with Server(handler) as server:
+            t = transport(server.url)
+            response = await t.send(request(server.url))
+            assert await read_body(response) == b"abc"
+            assert header(response, b"x-checksum") is None
+            assert header(response, b"set-cookie") is None  # RFC 9110 6.5.1
+            assert header(response, b"trailer") == b"X-Checksum"
+            await t.close()
+
+    run(main())
