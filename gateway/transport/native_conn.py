@@ -317,6 +317,9 @@ class Connection(asyncio.Protocol):
         self.in_head = False
         parser = self.parser
         status: int = parser.get_status_code()
+        if status < 100 or status > 599:
+            self.failure = f"status {status} is outside 100-599"
+            raise _Abort
         if status < 200:
             if status != 101:
                 return  # interim (100 Continue, 102, 103): skipped

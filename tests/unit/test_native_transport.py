@@ -1299,3 +1299,20 @@ def test_response_trailers_are_not_merged_into_the_head(run: Runner[None]) -> No
             await t.close()
 
     run(main())
+
+
+@pytest.mark.parametrize("status", [b"999 Weird", b"600 Beyond", b"099 Early", b"000 Zero"])
+def test_status_outside_100_to_599_is_a_protocol_error(run: Runner[None], status: bytes) -> None:
+    async def main() -> None:
+        async def handler(peer: Peer) -> None:
+            await peer.request()
+            peer.write(b"HTTP/1.1 %s\r\nContent-Length: 2\r\n\r\nok" % status)
+            await peer.wait_eof()
+
+        async with Server(handler) as server:
+            t = transport(server.url)
+            with pytest.raises(UpstreamProtocolError, match="outside 100-599"):
+                await t.send(request(server.url))
+            await t.close()
+
+    run(main())
