@@ -54,6 +54,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "busy",
+        "coding",
         "current",
         "deadline",
         "drain_waiter",
@@ -109,6 +110,7 @@ class Connection(asyncio.Protocol):
         self.reason = b""
         self.headers: Headers = []
         self.in_head = False  # between on_message_begin and on_headers_complete
+        self.coding: bytes | None = None  # Transfer-Encoding, repeated fields joined
         self.failure: str | None = None
         self.paused = False
         self.write_paused = False
@@ -304,6 +306,7 @@ class Connection(asyncio.Protocol):
         self.reason = b""
         self.headers = []
         self.in_head = True
+        self.coding = None
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -312,6 +315,9 @@ class Connection(asyncio.Protocol):
         if not self.in_head:
             return  # a trailer field: dropped, never merged into the head (RFC 9110 6.5.1)
         self.headers.append((name, value))
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            coding = self.coding
+            self.coding = value if coding is None else coding + b"," + value
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -320,6 +326,9 @@ class Connection(asyncio.Protocol):
         if status < 100 or status > 599:
             self.failure = f"status {status} is outside 100-599"
             raise _Abort
+        coding = self.coding
+        if coding is not None and coding.lower() != b"chunked" and not self.skip_body:
+            self._check_codings(coding)
         if status < 200:
             if status != 101:
                 return  # interim (100 Continue, 102, 103): skipped
@@ -362,6 +371,16 @@ class Connection(asyncio.Protocol):
         self._complete(incoming, self.parser.should_keep_alive())
 
     # --- internals ------------------------------------------------------------------
+
+    def _check_codings(self, coding: bytes) -> None:
+        """Refuse a body in a transfer coding other than chunked.
+
+        The gateway decodes none: relayed, the body would reach the client de-chunked
+        but still in that coding, with nothing to say so (Transfer-Encoding is
+        hop-by-hop and removed)."""
+        if _codings(coding) != [b"chunked"]:
+            self.failure = f"transfer coding {coding.decode('latin-1')!r} is not decoded"
+            raise _Abort
 
     def _complete(self, incoming: Incoming, keep_alive: bool) -> None:
         self.current = None
@@ -427,6 +446,11 @@ class Connection(asyncio.Protocol):
             at = deadline
         self.timer = self.loop.call_at(at, self._on_timer)
         self.timer_at = at
+
+
+def _codings(value: bytes) -> list[bytes]:
+    """The transfer codings a Transfer-Encoding value lists, lower-cased, empty ones left out."""
+    return [c for c in (part.strip(b" \t").lower() for part in value.split(b",")) if c]
 
 
 def _close_delimited(headers: Headers) -> bool:

@@ -1301,6 +1301,48 @@ def test_response_trailers_are_not_merged_into_the_head(run: Runner[None]) -> No
     run(main())
 
 
+@pytest.mark.parametrize(
+    "coding",
+    [b"gzip, chunked", b"gzip", b"chunked, gzip", b"x-custom,chunked"],
+)
+def test_transfer_codings_other_than_chunked_are_refused(run: Runner[None], coding: bytes) -> None:
+    async def main() -> None:
+        async def handler(peer: Peer) -> None:
+            await peer.request()
+            peer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n3\r\nabc\r\n0\r\n\r\n" % coding
+            )
+            await peer.wait_eof()
+
+        async with Server(handler) as server:
+            t = transport(server.url)
+            # De-chunked but still gzip, with Transfer-Encoding (hop-by-hop) removed: the
+            # client could not tell. The gateway decodes none of them, so it refuses.
+            with pytest.raises(UpstreamProtocolError, match="transfer coding"):
+                await t.send(request(server.url))
+            assert pool_of(t).size == 0
+            await t.close()
+
+    run(main())
+
+
+def test_chunked_in_several_spellings_is_accepted(run: Runner[None]) -> None:
+    async def main() -> None:
+        async def handler(peer: Peer) -> None:
+            while await peer.request() is not None:
+                peer.write(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                )
+
+        async with Server(handler) as server:
+            t = transport(server.url)
+            response = await t.send(request(server.url))
+            assert await read_body(response) == b"ok"
+            await t.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("status", [b"999 Weird", b"600 Beyond", b"099 Early", b"000 Zero"])
 def test_status_outside_100_to_599_is_a_protocol_error(run: Runner[None], status: bytes) -> None:
     async def main() -> None:
