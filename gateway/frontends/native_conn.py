@@ -44,6 +44,7 @@ from gateway.frontends.native_request import (
     transfer_coding_refusal,
 )
 from gateway.frontends.native_send import Relay, whole, write_response, write_whole
+from gateway.transport.headers import is_websocket
 
 if TYPE_CHECKING:
     from gateway.exchange import Upgraded
@@ -71,7 +72,8 @@ class HttpConnection(asyncio.Protocol):
         "_body_timeout", "_chunked", "_content_length", "_drain_waiter", "_expect",
         "_head_bytes", "_header_timeout", "_headers", "_host", "_hosts", "_hsize",
         "_keepalive_timeout", "_max_head", "_max_header_size", "_max_headers", "_max_line",
-        "_parsing", "_paused", "_rejection", "_url", "_wakeup", "closed", "current", "deadline",
+        "_parsing", "_paused", "_rejection", "_tunnel", "_upgrade", "_url",
+        "_wakeup", "closed", "current", "deadline",
         "deadline_kind", "frontend", "in_head", "loop", "owed", "parse_dead", "parser", "peer",
         "queue",
         "relay", "task", "transport", "upgrade_tail", "write_deadline", "write_paused"
@@ -118,6 +120,8 @@ class HttpConnection(asyncio.Protocol):
         self._content_length: int | None = None
         self._chunked = False
         self._expect = False
+        self._upgrade: bytes | None = None  # the Upgrade field; b"" when there are several
+        self._tunnel = False  # the last head was a WebSocket upgrade: relay after its 101
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -205,25 +209,40 @@ class HttpConnection(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         began_in_head = self.in_head
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.parse_dead = True
-            self.upgrade_tail = bytearray(data[exc.args[0] :])
-        except httptools.HttpParserError as exc:
-            rejection, self._rejection = self._rejection, None
-            if rejection is None:
-                if isinstance(exc, httptools.HttpParserCallbackError):
-                    log.error("native front-end: parser callback failed", exc_info=exc)
-                rejection = bad_request(str(exc) or "malformed request")
-            self._reject(rejection)
-        else:
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                tunnel = self._tunnel  # a local: see data_received
+                if tunnel:
+                    self.parse_dead = True
+                    self.upgrade_tail = bytearray(data[exc.args[0] :])
+                    return
+                # Not a WebSocket upgrade: the request goes upstream as a plain one (its
+                # Upgrade dropped), so what follows it is the next request.
+                data = data[exc.args[0] :]
+                if data:
+                    began_in_head = False
+                    continue
+                return
+            except httptools.HttpParserError as exc:
+                self._parse_error(exc)
+                return
             if began_in_head and self.in_head:
                 # httptools buffers a header line until it ends: bound it here.
                 self._head_bytes += len(data)
                 if self._head_bytes > self._max_head:
                     detail = f"the request head is larger than {self._max_head} bytes"
                     self._reject(too_large(detail))
+            return
+
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        rejection, self._rejection = self._rejection, None
+        if rejection is None:
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                log.error("native front-end: parser callback failed", exc_info=exc)
+            rejection = bad_request(str(exc) or "malformed request")
+        self._reject(rejection)
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -238,6 +257,7 @@ class HttpConnection(asyncio.Protocol):
         self._content_length = None
         self._chunked = False
         self._expect = False
+        self._upgrade = None
         self.deadline_kind = HEAD
         self.deadline = self.loop.time() + self._header_timeout
 
@@ -266,6 +286,9 @@ class HttpConnection(asyncio.Protocol):
                 if refusal is not None:
                     self._raise(refusal)
                 self._chunked = True
+        elif size == 7:
+            if name.lower() == b"upgrade":
+                self._upgrade = value if self._upgrade is None else b""
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect = True
 
@@ -289,6 +312,10 @@ class HttpConnection(asyncio.Protocol):
             refusal = head_refusal(version, self._hosts, chunked, has_body and upgrade)
             if refusal is not None:
                 self._raise(refusal)
+        if upgrade:
+            # Only WebSocket is tunnelled; the forwarding step drops any other Upgrade.
+            upgrade = is_websocket(self._upgrade)
+        self._tunnel = upgrade
         target = self._url
         host = self._host
         if target[:1] != b"/":

@@ -21,6 +21,8 @@ from gateway.transport.headers import (
     IPNetwork,
     connection_tokens,
     is_trusted,
+    is_websocket,
+    upgrade_value,
 )
 from gateway.types import Handler, Headers
 
@@ -87,12 +89,19 @@ def request_headers(
 ) -> tuple[Headers, bool]:
     """Headers for the upstream, and whether this is a protocol upgrade request.
 
+    Only a WebSocket upgrade is one (``is_websocket``): it keeps its ``Upgrade`` field
+    and gets ``Connection: upgrade``. Any other ``Upgrade`` (``h2c``...) is hop-by-hop
+    like the rest (RFC 9110 7.8) and dropped with its ``Connection`` token, so the
+    request goes upstream as a plain one and a ``101`` to it is a protocol error.
+
     ``listed``: the tokens of the request's ``Connection`` header, also hop-by-hop. The
     common request has none, so the first pass does not look for them; meeting a
     ``Connection`` header, it starts again with its tokens.
     """
     upgrade = (
-        listed is not None and b"upgrade" in listed and exchange.header(b"upgrade") is not None
+        listed is not None
+        and b"upgrade" in listed
+        and is_websocket(upgrade_value(exchange.headers))
     )
     if host_mode == "preserve":
         host = exchange.host or target.authority

@@ -43,6 +43,25 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
+def is_websocket(upgrade: bytes | None) -> bool:
+    """Whether an ``Upgrade`` field value asks for WebSocket and nothing else.
+
+    The only protocol the gateway tunnels after a ``101``: any other upgrade (``h2c``,
+    ``TLS/1.0``...) would turn the connection into a pipe that later requests cross
+    without routing or policies, so it is proxied as a plain request without its
+    ``Upgrade`` field. ``None`` (no field, or several) is not WebSocket.
+    """
+    if upgrade is None or len(upgrade) < 9:
+        return False
+    return upgrade.strip(b" \t").lower() == b"websocket"
+
+
+def upgrade_value(headers: Headers) -> bytes | None:
+    """The one ``Upgrade`` field value, or None when there is none or more than one."""
+    values = find_all(headers, b"upgrade")
+    return values[0] if len(values) == 1 else None
+
+
 def strip_hop_by_hop(
     headers: Headers,
     extra_drop: frozenset[bytes] = frozenset(),

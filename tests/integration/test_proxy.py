@@ -205,6 +205,45 @@ def test_websocket_echo(gateway: Gateway) -> None:
         assert ws.recv(timeout=5) == b"\x00\x01binary"
 
 
+H2C_UPGRADE = (
+    "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+)
+
+
+def test_h2c_upgrade_is_a_plain_request(
+    start_gateway: GatewayFactory, upstream: Any, frontend: str
+) -> None:
+    # h2c smuggling: relayed after a 101, the connection would carry requests to the
+    # upstream that no route or policy saw. Only WebSocket is tunnelled.
+    config = base_config(upstream.url, frontend)
+    config["routes"] = [
+        {"name": "public", "match": {"prefix": "/echo"}, "upstream": "app"},
+        {"name": "switch", "match": {"prefix": "/switch"}, "upstream": "app"},
+    ]
+    gw = start_gateway(config)
+    with raw_connection(gw.port) as sock:
+        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: h\r\n{H2C_UPGRADE}\r\n".encode())
+        head, _, rest = read_until_close(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    doc = json.loads(rest)
+    names = {k.lower() for k, _ in doc["headers"]}
+    assert not names & {"upgrade", "connection", "http2-settings"}, doc["headers"]
+
+    with raw_connection(gw.port) as sock:
+        sock.sendall(
+            f"GET /switch HTTP/1.1\r\nHost: h\r\n{H2C_UPGRADE}\r\n".encode()
+            + b"GET /private HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        data = read_until_close(sock)
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 502"), data
+    assert b"application/problem+json" in first.lower()
+    assert b"101" not in first.split(b"\r\n")[0]
+    # What followed the upgrade request is routed (no route: 404), or never read.
+    assert b"HTTP/1.1 200" not in rest and b"HTTP/1.1 101" not in rest, data
+
+
 def test_host_with_a_trailing_dot_takes_its_host_route(
     start_gateway: GatewayFactory, upstream: Any, frontend: str
 ) -> None:

@@ -180,6 +180,13 @@ class Upstream(asyncio.Protocol):
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         if path == "/ws" and req.upgrade:
             return await self.websocket(req)
+        if path == "/switch":
+            # Switches to h2c whatever the request asked for: a gateway must not relay
+            # this to a request it did not forward as an upgrade.
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+            )
+            return False
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
             body = b"" if code in (204, 304) else f"status {code}".encode()

@@ -121,6 +121,37 @@ def test_websocket_upgrade_keeps_upgrade() -> None:
     assert (b"Upgrade", b"websocket") in out and (b"connection", b"upgrade") in out
 
 
+@pytest.mark.parametrize(
+    "upgrades",
+    [
+        [b"h2c"],
+        [b"websocket, h2c"],
+        [b"TLS/1.0"],
+        [b"websocket", b"h2c"],  # two fields: which one the upstream picks is unknown
+    ],
+)
+def test_only_websocket_is_forwarded_as_an_upgrade(upgrades: list[bytes]) -> None:
+    # h2c smuggling: an upgrade the gateway relays turns the connection into a tunnel
+    # past routing and policies. Anything but WebSocket goes up as a plain request.
+    ex = exchange(
+        [(b"Host", b"h"), (b"Connection", b"Upgrade, HTTP2-Settings")]
+        + [(b"Upgrade", value) for value in upgrades]
+        + [(b"HTTP2-Settings", b"AAMAAABkAARAAAAAAAIAAAAA"), (b"X-Kept", b"1")]
+    )
+    out, upgrade = request_headers(ex, TARGET, "preserve", ())
+    assert not upgrade
+    assert b"upgrade" not in names(out) and b"connection" not in names(out)
+    assert b"http2-settings" not in names(out) and b"x-kept" in names(out)
+
+
+@pytest.mark.parametrize("value", [b"websocket", b"WebSocket", b" websocket "])
+def test_websocket_token_is_case_insensitive(value: bytes) -> None:
+    ex = exchange([(b"Host", b"h"), (b"Connection", b"keep-alive, Upgrade"), (b"Upgrade", value)])
+    out, upgrade = request_headers(ex, TARGET, "preserve", ())
+    assert upgrade
+    assert (b"connection", b"upgrade") in out
+
+
 def test_content_length_recomputed_from_body() -> None:
     ex = Exchange("POST", b"/", [(b"Content-Length", b"999")], "1.2.3.4", body=b"hello")
     out = dict(request_headers(ex, TARGET, "preserve", ())[0])

@@ -870,6 +870,52 @@ def test_refused_upgrade_closes(run: Callable[[Scenario], None]) -> None:
     run(scenario)
 
 
+H2C = (b"GET /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+       b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")  # fmt: skip
+
+
+def test_other_upgrades_are_plain_requests(run: Callable[[Scenario], None]) -> None:
+    # h2c smuggling: were the h2c upgrade relayed, the bytes after it would reach the
+    # upstream as requests no route or policy saw. It goes up as a plain request, and
+    # what follows it on the connection is parsed and routed as the next request.
+    async def scenario() -> None:
+        async with serving() as gw:
+            client = await gw.connect()
+            client.send(H2C + get("/next"))
+            first = await client.reply()
+            assert (first.status, first.body) == (200, b"GET /h2c 0")
+            second = await client.reply()
+            assert (second.status, second.body) == (200, b"GET /next 0")
+            h2c, _ = gw.transport.requests
+            assert not h2c.upgrade
+            sent = [k.lower() for k, _ in h2c.headers]
+            assert b"upgrade" not in sent and b"http2-settings" not in sent
+            assert b"connection" not in sent
+            client.send(get("/third"))  # the connection stays a plain HTTP one
+            assert (await client.reply()).body == b"GET /third 0"
+
+    run(scenario)
+
+
+def test_101_to_a_plain_request_is_502(run: Callable[[Scenario], None]) -> None:
+    async def scenario() -> None:
+        upgraded = FakeUpgraded()
+
+        async def switch(request: UpstreamRequest) -> Response:
+            headers = [(b"Upgrade", b"h2c"), (b"Connection", b"Upgrade")]
+            return Response(101, headers, upgraded=upgraded)
+
+        async with serving(switch) as gw:
+            client = await gw.connect()
+            client.send(H2C + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            reply = await client.reply()
+            assert reply.status == 502
+            assert reply.header(b"content-type") == b"application/problem+json"
+            assert upgraded.received == b""  # nothing was relayed
+
+    run(scenario)
+
+
 # -- drain ------------------------------------------------------------------------------------
 
 
