@@ -72,7 +72,7 @@ class HttpConnection(asyncio.Protocol):
         "_body_timeout", "_chunked", "_content_length", "_drain_waiter", "_expect",
         "_head_bytes", "_header_timeout", "_headers", "_host", "_hosts", "_hsize",
         "_keepalive_timeout", "_max_head", "_max_header_size", "_max_headers", "_max_line",
-        "_parsing", "_paused", "_rejection", "_tunnel", "_upgrade", "_url",
+        "_parsing", "_paused", "_rejection", "_trailer_size", "_tunnel", "_upgrade", "_url",
         "_wakeup", "closed", "current", "deadline",
         "deadline_kind", "frontend", "in_head", "loop", "owed", "parse_dead", "parser", "peer",
         "queue",
@@ -122,6 +122,7 @@ class HttpConnection(asyncio.Protocol):
         self._expect = False
         self._upgrade: bytes | None = None  # the Upgrade field; b"" when there are several
         self._tunnel = False  # the last head was a WebSocket upgrade: relay after its 101
+        self._trailer_size = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -258,6 +259,7 @@ class HttpConnection(asyncio.Protocol):
         self._chunked = False
         self._expect = False
         self._upgrade = None
+        self._trailer_size = 0
         self.deadline_kind = HEAD
         self.deadline = self.loop.time() + self._header_timeout
 
@@ -268,6 +270,9 @@ class HttpConnection(asyncio.Protocol):
             self._raise(problem_response(None, 414, "uri-too-long", "URI Too Long", detail))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            self._trailer(name, value)
+            return
         self._headers.append((name, value))
         size = len(name)
         self._hsize += size + len(value) + 4
@@ -291,6 +296,16 @@ class HttpConnection(asyncio.Protocol):
                 self._upgrade = value if self._upgrade is None else b""
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect = True
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked body (httptools reports it after the head): dropped.
+
+        RFC 9110 6.5.1: never merged into the header section, so it reaches neither the
+        request's headers, nor routing, nor the upstream. Bounded on its own, by as many
+        bytes as the header fields may take."""
+        self._trailer_size += len(name) + len(value) + 4
+        if self._trailer_size > self._max_header_size:
+            self._raise(too_large(f"the trailer fields exceed {self._max_header_size} bytes"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False

@@ -916,6 +916,68 @@ def test_101_to_a_plain_request_is_502(run: Callable[[Scenario], None]) -> None:
     run(scenario)
 
 
+TRAILER_ROUTES = """
+routes:
+  - name: admins-denied
+    match: {prefix: /, headers: {X-Role: admin}}
+    upstream: app
+    policies:
+      noop: {respond: 403}
+  - name: all
+    match: {prefix: /}
+    upstream: app
+"""
+WITH_TRAILERS = (b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabc\r\n0\r\nX-Role: admin\r\nHost: evil\r\n\r\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("split", [0, 1, 7, 61, 70])
+def test_request_trailers_are_dropped(run: Callable[[Scenario], None], split: int) -> None:
+    # RFC 9110 6.5.1: trailers are never merged into the header section, so they reach
+    # neither routing nor the upstream, however TCP cuts the request (``split``: the
+    # size of the pieces it arrives in; 0: one piece).
+    config = CONFIG.split("routes:")[0] + TRAILER_ROUTES
+
+    async def scenario() -> None:
+        async with serving(config=config) as gw:
+            client = await gw.connect()
+            size = split or len(WITH_TRAILERS)
+            for start in range(0, len(WITH_TRAILERS), size):
+                piece = WITH_TRAILERS[start : start + size]
+                client.send(piece)
+                await client.writer.drain()
+                await asyncio.sleep(0)
+            reply = await client.reply()
+            assert (reply.status, reply.body) == (200, b"POST /t 3")
+            (sent,) = gw.transport.requests
+            names = [k.lower() for k, _ in sent.headers]
+            assert b"x-role" not in names
+            assert dict(sent.headers)[b"host"] == b"t"
+            client.send(get("/after"))  # the connection is still in step
+            assert (await client.reply()).body == b"GET /after 0"
+
+    run(scenario)
+
+
+def test_trailers_have_their_own_bound(run: Callable[[Scenario], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as gw:
+            # Eleven fields would be too many as headers (max_headers: 10), not as trailers.
+            fine = "".join(f"X-T{i}: v\r\n" for i in range(11)).encode()
+            head = b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+            reply = await gw.exchange(head + b"0\r\n" + fine + b"\r\n")
+            assert (reply.status, reply.body) == (200, b"POST /t 1")
+            # Beyond max_header_size (1 KiB) of them, the request is refused.
+            huge = b"".join(b"X-Big%d: %s\r\n" % (i, b"v" * 200) for i in range(8))
+            client = await gw.connect()
+            client.send(head + b"0\r\n" + huge + b"\r\n")
+            reply = await client.reply()
+            assert reply.status == 431
+            assert await client.closed()
+
+    run(scenario)
+
+
 # -- drain ------------------------------------------------------------------------------------
 
 
