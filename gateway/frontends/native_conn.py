@@ -38,6 +38,7 @@ from gateway.frontends.native_request import (
     Pending,
     RequestBody,
     bad_request,
+    connect_refusal,
     head_refusal,
     origin_form,
     too_large,
@@ -317,7 +318,11 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version()
         method_raw: bytes = parser.get_method()
-        method = _METHODS.get(method_raw) or method_raw.decode("latin-1")
+        method = _METHODS.get(method_raw)
+        if method is None:
+            method = method_raw.decode("latin-1")
+            if method == "CONNECT":
+                self._raise(connect_refusal())
         http11 = version == "1.1"
         upgrade = bool(parser.should_upgrade())
         length = self._content_length

@@ -27,7 +27,7 @@ BACKLOG, BODY_FULL, STOPPED, RELAY = 1, 2, 4, 8
 
 __all__ = [
     "BACKLOG", "BODY_FULL", "HIGH_WATER", "RELAY", "STOPPED", "ClientGone", "Pending",
-    "RequestBody", "bad_request", "head_refusal", "origin_form", "too_large",
+    "RequestBody", "bad_request", "connect_refusal", "head_refusal", "origin_form", "too_large",
     "transfer_coding_refusal",
 ]  # fmt: skip
 
@@ -217,6 +217,12 @@ def transfer_coding_refusal(value: bytes) -> Response | None:
         return problem_response(None, 501, "unsupported-transfer-coding", "Not Implemented",
                                 detail)  # fmt: skip
     return None
+
+
+def connect_refusal() -> Response:
+    """The answer to ``CONNECT``: the gateway routes requests, it opens no tunnels."""
+    detail = "CONNECT is not served: the gateway is a reverse proxy, not a tunnel"
+    return problem_response(None, 501, "not-implemented", "Not Implemented", detail)
 
 
 def head_refusal(version: str, hosts: int, chunked: bool, upgrade_body: bool) -> Response | None:

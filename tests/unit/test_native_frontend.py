@@ -916,6 +916,16 @@ def test_101_to_a_plain_request_is_502(run: Callable[[Scenario], None]) -> None:
     run(scenario)
 
 
+def test_connect_is_501(run: Callable[[Scenario], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as gw:
+            data = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01"
+            reply = await rejected(gw, data, 501)
+            assert b"/not-implemented" in reply.body
+
+    run(scenario)
+
+
 TRAILER_ROUTES = """
 routes:
   - name: admins-denied
