@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["valid_host"]
+__all__ = ["usable_host", "valid_host"]
 
 _SUB_DELIMS = rb"!$&'()*+,;="
 _UNRESERVED = rb"A-Za-z0-9\-._~"
@@ -27,3 +27,19 @@ _HOST = re.compile(rb"(?:" + _IP_LITERAL + rb"|" + _REG_NAME + rb")(?::[0-9]*)?"
 def valid_host(value: bytes) -> bool:
     """Whether ``value`` (a Host field value or an absolute-form authority) is usable."""
     return _HOST.fullmatch(value) is not None
+
+
+#: Hosts already judged: a server sees few distinct ones, and a lookup is cheaper than
+#: the pattern. Started over when full.
+_JUDGED: dict[bytes, bool] = {}
+JUDGED_KEPT = 256
+
+
+def usable_host(value: bytes) -> bool:
+    """:func:`valid_host`, remembered per value (the native front-end asks it per request)."""
+    known = _JUDGED.get(value)
+    if known is None:
+        if len(_JUDGED) >= JUDGED_KEPT:
+            _JUDGED.clear()
+        known = _JUDGED[value] = valid_host(value)
+    return known

@@ -27,6 +27,7 @@ import httptools
 from gateway.edge import problem_response
 from gateway.exchange import Exchange, Response
 from gateway.frontends.common import finish
+from gateway.frontends.host_check import usable_host
 from gateway.frontends.native_request import (
     BACKLOG,
     BODY_FULL,
@@ -347,6 +348,8 @@ class HttpConnection(asyncio.Protocol):
                 headers = [(k, v) for k, v in headers if k.lower() != b"host"]
                 headers.insert(0, (b"host", authority))
                 host = authority
+        if host and not usable_host(host):
+            self._raise(bad_request("the Host header is not a valid host"))
         if has_body:
             body = RequestBody(self, length, self._expect and http11)
             exchange = Exchange(method, target, headers, self.peer, http_version=version,

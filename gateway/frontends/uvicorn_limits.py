@@ -42,6 +42,7 @@ from gateway.frontends.host_check import valid_host
 from gateway.frontends.native_request import (
     BadTarget,
     bad_request,
+    connect_refusal,
     head_refusal,
     origin_form,
     too_large,
@@ -414,6 +415,8 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
 
         def _check_head(self, version: str, method: str) -> bytes:
             """The request target in origin-form, or raise the refusal (as native's)."""
+            if method == "CONNECT":
+                self._raise(response_bytes(connect_refusal()))
             upgrade_body = self._has_body and bool(self.parser.should_upgrade())
             refusal = head_refusal(version, self._hosts, self._chunked, upgrade_body)
             if refusal is not None:

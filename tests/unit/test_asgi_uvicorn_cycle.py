@@ -359,6 +359,11 @@ def refusal(wire: bytes) -> tuple[bytes, dict[bytes, bytes], dict[str, Any]]:
         (b"GET /x\r\n\r\n", 505, "only HTTP/1.0 and 1.1 are served"),
         (b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", 400, "must be a path or an absolute URL"),
         (b"GET http://u:p@h/x HTTP/1.1\r\nHost: t\r\n\r\n", 400, "invalid absolute"),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            501,
+            "CONNECT is not served",
+        ),
     ],
 )
 def test_head_refused_before_the_app(request_bytes: bytes, status: int, detail: str) -> None:

@@ -926,6 +926,16 @@ def test_connect_is_501(run: Callable[[Scenario], None]) -> None:
     run(scenario)
 
 
+@pytest.mark.parametrize("host", [b"a b", b"a/b@c", b"h:8080/x", b"exa\\mple"])
+def test_a_host_that_is_not_host_port_is_400(run: Callable[[Scenario], None], host: bytes) -> None:
+    async def scenario() -> None:
+        async with serving() as gw:
+            reply = await rejected(gw, b"GET /x HTTP/1.1\r\nHost: %s\r\n\r\n" % host, 400)
+            assert b"not a valid host" in reply.body
+
+    run(scenario)
+
+
 TRAILER_ROUTES = """
 routes:
   - name: admins-denied
