@@ -50,6 +50,7 @@ ROOT = BENCH.parent
 REPORT_LUA = BENCH / "report.lua"
 UPSTREAM_PY = BENCH / "upstream.py"
 PROFILE_PY = BENCH / "profile_gateway.py"
+FLOOR_PY = BENCH / "floor_proxy.py"
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0  # seconds a process gets to become ready
 STOP_TIMEOUT = 10.0  # seconds a process gets to exit after SIGTERM (then SIGKILL)
@@ -325,6 +326,26 @@ def start_nginx(
         wait_until(lambda: http_ok(target.url), proc, name)
     except TargetFailed as exc:
         target.failed = str(exc) + "\n" + _tail(tmp / "nginx-error.log")
+    return target
+
+
+def start_floor(
+    procs: Processes, args: argparse.Namespace, tmp: Path, upstream_port: int, redis: str | None
+) -> Target:
+    """bench/floor_proxy.py on the proxy's CPU: the least a proxy does, with (``redis``)
+    or without the Redis limiter's call; the control for a Redis limiter's overhead."""
+    name = limiter_latency.FLOOR_REDIS if redis else limiter_latency.FLOOR_PASS
+    port = free_port()
+    cmd = [args.python, str(FLOOR_PY), "--port", str(port), "--upstream", f"{HOST}:{upstream_port}"]
+    if redis:
+        cmd += ["--redis", redis]
+    proc = procs.start(name, cmd, cpu=args.proxy_cpu, log=tmp / f"{name}.log")
+    note = "control: minimal uvloop proxy" + (", one EVALSHA per request" if redis else "")
+    target = Target(name, f"http://{HOST}:{port}/", proc, note=note)
+    try:
+        wait_until(lambda: http_ok(target.url), proc, name)
+    except TargetFailed as exc:
+        target.failed = str(exc) + "\n" + _tail(tmp / f"{name}.log")
     return target
 
 
@@ -1202,6 +1223,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the nginx proxy_cache target that cache variants are compared with",
     )
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the minimal-proxy controls (bench/floor_proxy.py) run beside a Redis limiter",
+    )
     p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy under test")
     p.add_argument("--load-cpu", type=int, default=1, help="CPU for wrk and the upstream")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
@@ -1445,6 +1471,10 @@ def _run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
         target = start_gateway(procs, args, name, VARIANTS[name], tmp, upstream_port, placeholders)
         target.note = VARIANTS[name].description
         targets.append(target)
+    redis_limited = any(limiter_latency.limits(VARIANTS[n]) == "redis" for n in args.variant_names)
+    if redis_limited and not args.no_floor:
+        for redis in (None, placeholders["redis"]):
+            targets.append(start_floor(procs, args, tmp, upstream_port, redis))
     for t in targets:
         if t.failed:
             print(f"  {t.name}: FAILED to start\n{t.failed}", flush=True)
