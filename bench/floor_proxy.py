@@ -43,8 +43,8 @@ def command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
-class Upstream(asyncio.Protocol):
-    """The connection to the upstream: relays each whole answer to its client."""
+class Peer(asyncio.Protocol):
+    """A connection a client connection opened (upstream or Redis); closed with it."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -53,6 +53,13 @@ class Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()
+
+
+class Upstream(Peer):
+    """The connection to the upstream: relays each whole answer to its client."""
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -66,20 +73,9 @@ class Upstream(asyncio.Protocol):
             answer, self.buf = self.buf[:size], self.buf[size:]
             self.client.answer(answer)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.client.close()
 
-
-class Redis(asyncio.Protocol):
+class Redis(Peer):
     """The connection to Redis: one call in flight; its reply releases the request."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.buf = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -89,9 +85,6 @@ class Redis(asyncio.Protocol):
             if not reply.startswith(b"*4\r\n:1\r\n"):
                 sys.exit(f"floor proxy: unexpected reply {reply[:60]!r}")
             self.client.forward()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.client.close()
 
 
 class Client(asyncio.Protocol):
