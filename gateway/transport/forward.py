@@ -180,8 +180,13 @@ def _forwarding_tail(
 
 
 def response_headers(response: Response) -> None:
-    """Remove hop-by-hop fields from an upstream response (in place) and add Via."""
+    """Remove hop-by-hop fields from an upstream response (in place) and add Via.
+
+    A 204 also loses ``Content-Length``: RFC 9110 8.6 forbids it there, and a client
+    could take it for the length of a body that never comes."""
     headers = response.headers
+    if response.status == 204:
+        headers = response.headers = [h for h in headers if h[0].lower() != b"content-length"]
     if response.status != 101:
         # One pass for the common case; a Connection header needs its tokens first.
         kept: Headers = []

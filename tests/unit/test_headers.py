@@ -173,6 +173,15 @@ def test_response_hop_by_hop_removed() -> None:
     assert resp.headers == [(b"X-End", b"1"), (b"via", b"1.1 gateway")]
 
 
+@pytest.mark.parametrize(("status", "kept"), [(204, False), (304, True), (200, True)])
+def test_a_204_loses_its_content_length(status: int, kept: bool) -> None:
+    # RFC 9110 8.6: no Content-Length in a 204; a 304 keeps the one its 200 would have
+    resp = Response(status, [(b"Content-Length", b"5"), (b"X-End", b"1")])
+    response_headers(resp)
+    assert ((b"Content-Length", b"5") in resp.headers) is kept
+    assert (b"X-End", b"1") in resp.headers
+
+
 def test_upstream_model_rejects_bad_urls() -> None:
     import pytest
     from pydantic import ValidationError
