@@ -31,9 +31,11 @@ from pathlib import Path
 import uvloop
 
 LUA = Path(__file__).resolve().parent.parent / "gateway" / "stores" / "lua"
-#: The ``ratelimit-redis`` variant's limiter: token bucket, 10,000,000/s, burst 10,000,000.
-INTERVAL_US, BURST = b"0.1", b"10000000"
-KEY = b"gw:{rl:bench:per-ip:tb:}127.0.0.1"
+#: The ``ratelimit-redis`` variant's limiter: token bucket, 10,000,000/s, burst 10,000,000,
+#: its arguments as the gateway encodes them, and its key (route ``bench``, limiter
+#: ``per-ip``, client 127.0.0.1).
+INTERVAL_US, BURST = b"0.1", b"10000000.0"
+KEY = b"gw:{rl:bench:per-ip:tb:127.0.0.1}"
 
 
 def command(*parts: bytes) -> bytes:
@@ -79,17 +81,20 @@ class Redis(Peer):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        # The script answers an array of four integers: five lines.
-        if self.buf.count(b"\r\n") >= 5:
-            reply, self.buf = self.buf, b""
-            if not reply.startswith(b"*4\r\n:1\r\n"):
-                sys.exit(f"floor proxy: unexpected reply {reply[:60]!r}")
-            self.client.forward()
+        # The script answers an array of integers: its count's line, then one per item.
+        head = self.buf.find(b"\r\n")
+        if head < 0 or self.buf.count(b"\r\n") < int(self.buf[1:head]) + 1:
+            return
+        reply, self.buf = self.buf, b""
+        if not reply.startswith(b"*") or reply[head + 2 : head + 5] != b":1\r":
+            sys.exit(f"floor proxy: unexpected reply {reply[:60]!r}")
+        self.client.forward()
 
 
 class Client(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.ready = False  # what arrives before the peers are connected waits in buf
         self.buf = b""
         self.head = b""
         self.transport: asyncio.Transport | None = None
@@ -98,7 +103,6 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.ready = False  # what arrives before the peers are connected waits in buf
         asyncio.get_running_loop().create_task(self.connect())
 
     async def connect(self) -> None:

@@ -48,6 +48,7 @@ COMPILED = [
     "gateway.policies.concurrency.policy",
     "gateway.policies.concurrency.slots",
     "gateway.policies.rate_limit.algorithms",
+    "gateway.policies.rate_limit.fields",
     "gateway.policies.rate_limit.keys",
     "gateway.policies.rate_limit.policy",
     "gateway.stores.redis",

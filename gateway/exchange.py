@@ -276,9 +276,9 @@ class Exchange:
         #: A store call a policy started before its coroutine ran (from
         #: ``Policy.decide_now``): the policy and the call's future, taken by that policy.
         self.store_call: tuple[object, asyncio.Future[object]] | None = None
-        #: What the rate limiters that admitted this request took, for a later limiter
-        #: of the same list that refuses it to give back: (limiter, bucket, where).
-        self.quota_taken: list[tuple[object, str, int]] | None = None
+        #: What the rate limiters that admitted this request took, as calls that give
+        #: it back, for a later limiter of the same list that refuses the request.
+        self.quota_taken: list[Callable[[], object]] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header; ``name`` is lower-case bytes."""

@@ -55,7 +55,7 @@ def test_admits_the_limit_then_rejects_with_retry_after(store_url: str, algorith
         verdicts = [await decide(store, alg, key) for _ in range(7)]
         assert [v[0] for v in verdicts] == [1, 1, 1, 1, 1, 0, 0]
         assert [v[1] for v in verdicts[:5]] == [4, 3, 2, 1, 0]
-        for _, _, reset_ms, retry_ms in verdicts[5:]:
+        for _, _, reset_ms, retry_ms, _ in verdicts[5:]:
             assert 0 < retry_ms <= reset_ms <= 3_600_000 * 2
 
     run(store_url, body, f"t-limit-{algorithm}:")
@@ -67,13 +67,47 @@ def test_a_refund_gives_back_one_admitted_request(store_url: str, algorithm: str
 
     async def body(store: Any) -> None:
         key = store.key(f"refund-{algorithm}")
-        assert await store.run(alg.refund_script, [key], alg.args) == 0  # nothing taken
-        assert [(await decide(store, alg, key))[0] for _ in range(4)] == [1, 1, 1, 0]
-        assert await store.run(alg.refund_script, [key], alg.args) == 1
+        verdicts = [await decide(store, alg, key) for _ in range(4)]
+        assert [v[0] for v in verdicts] == [1, 1, 1, 0]
+        assert await store.run(alg.refund_script, [key], (*alg.args, verdicts[2][4])) == 1
         assert (await decide(store, alg, key))[:2] == [1, 0]  # one more, the last
         assert (await decide(store, alg, key))[0] == 0
+        other = store.key(f"refund-none-{algorithm}")
+        assert await store.run(alg.refund_script, [other], (*alg.args, verdicts[2][4])) == 0
 
     run(store_url, body, f"t-refund-{algorithm}:")
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window"])
+def test_a_late_refund_takes_nothing_from_a_window_that_started_later(
+    store_url: str, algorithm: str
+) -> None:
+    alg = compile_algorithm(algorithm, parse_rate("2/s"), None)
+
+    async def body(store: Any) -> None:
+        key = store.key(f"late-{algorithm}")
+        token = (await decide(store, alg, key))[4]
+        await asyncio.sleep(2.2)  # two windows on: the key's window starts afresh
+        assert (await decide(store, alg, key))[:2] == [1, 1]
+        assert await store.run(alg.refund_script, [key], (*alg.args, token)) == 0
+        assert [(await decide(store, alg, key))[0] for _ in range(2)] == [1, 0]
+
+    run(store_url, body, f"t-late-{algorithm}:")
+
+
+def test_a_fixed_window_refunded_to_zero_keeps_its_end(store_url: str) -> None:
+    alg = compile_algorithm("fixed_window", parse_rate("2/h"), None)
+
+    async def body(store: Any) -> None:
+        key = store.key("zero")
+        first = await decide(store, alg, key)
+        assert await store.run(alg.refund_script, [key], (*alg.args, first[4])) == 1
+        await asyncio.sleep(0.3)
+        again = await decide(store, alg, key)
+        assert again[:2] == [1, 1]
+        assert again[2] < first[2] - 200  # the same window, 0.3 s nearer its end
+
+    run(store_url, body, "t-zero:")
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -41,8 +41,12 @@ def check(mem: MemoryStore, algorithm: Algorithm, key: str = "k") -> Sequence[in
 def test_the_memory_store_runs_the_twins_by_script_name() -> None:
     mem = store(Clock())
     tb = compile_algorithm("token_bucket", parse_rate("1/h"), None)
-    assert asyncio.run(mem.run(tb.script, ["k"], tb.args)) == [1, 0, 3600000, 0]
-    assert asyncio.run(mem.run(tb.script, ["k"], tb.args)) == [0, 0, 3600000, 3600000]
+    admitted = asyncio.run(mem.run(tb.script, ["k"], tb.args))
+    assert isinstance(admitted, list) and admitted[:4] == [1, 0, 3600000, 0]
+    assert asyncio.run(mem.run(tb.script, ["k"], tb.args)) == [0, 0, 3600000, 3600000, 0]
+    # the refund by name, with the admission's token: the place is back
+    assert asyncio.run(mem.run(tb.refund_script, ["k"], (*tb.args, admitted[4]))) == 1
+    assert asyncio.run(mem.run(tb.script, ["k"], tb.args))[0] == 1
 
 
 def admitted(mem: MemoryStore, algorithm: Algorithm, n: int, key: str = "k") -> int:
@@ -55,7 +59,7 @@ def test_token_bucket_admits_the_burst_then_refills_at_the_rate() -> None:
     tb = compile_algorithm("token_bucket", parse_rate("10/s"), 5)
     remaining = [check(mem, tb)[1] for _ in range(5)]
     assert remaining == [4, 3, 2, 1, 0]
-    allowed, remaining_now, reset_ms, retry_ms = check(mem, tb)
+    allowed, remaining_now, reset_ms, retry_ms, _ = check(mem, tb)
     assert (allowed, remaining_now) == (0, 0)
     assert retry_ms == 100  # one token every 100 ms
     assert reset_ms == 500  # the bucket is full again after 5 tokens
@@ -89,7 +93,7 @@ def test_fixed_window_counts_per_window_from_the_first_request() -> None:
     fw = compile_algorithm("fixed_window", parse_rate("3/10s"), None)
     assert [check(mem, fw)[:2] for _ in range(3)] == [[1, 2], [1, 1], [1, 0]]
     clock.advance(4)
-    allowed, _, reset_ms, retry_ms = check(mem, fw)
+    allowed, _, reset_ms, retry_ms, _ = check(mem, fw)
     assert allowed == 0 and reset_ms == retry_ms == 6000
     clock.advance(6)  # the window that began with the first request has ended
     assert admitted(mem, fw, 5) == 3
@@ -122,7 +126,7 @@ def test_sliding_window_retry_after_is_when_the_next_request_fits() -> None:
     mem = store(clock)
     sw = compile_algorithm("sliding_window", parse_rate("4/s"), None)
     assert admitted(mem, sw, 4) == 4
-    allowed, _, reset_ms, retry_ms = check(mem, sw)
+    allowed, _, reset_ms, retry_ms, _ = check(mem, sw)
     # next window: 4 * (1 - e) <= 3 when e >= 0.25 s, i.e. 1.25 s from now
     assert allowed == 0 and retry_ms == reset_ms == 1250
     clock.advance(1.2)
@@ -243,8 +247,9 @@ def test_a_token_bucket_larger_than_its_quota_advertises_the_bucket(
     tb = compile_algorithm("token_bucket", parsed, burst)
     assert (tb.quota, tb.window) == (q, w)
     assert q / w <= parsed.per_second + 1e-9
-    # r is at most the bucket's size less the request just admitted: never above q
-    assert (burst or parsed.limit) - 1 < q
+    # a fresh bucket's first answer has the most tokens left there can be: never above q
+    verdict = check(store(Clock()), tb)
+    assert verdict[0] == 1 and verdict[1] <= q
 
 
 def test_a_fresh_bucket_admits_its_first_request_whatever_the_clock_reads() -> None:
@@ -263,3 +268,51 @@ def test_a_fresh_bucket_admits_its_first_request_whatever_the_clock_reads() -> N
         for rate in ("3/s", "1/h", "100/s", "7/m"):
             fresh = compile_algorithm("token_bucket", parse_rate(rate), burst)
             assert fresh.in_memory(store(clock))("k")[0] == 1, (rate, burst)
+
+
+def test_a_late_fixed_window_refund_takes_nothing_from_the_next_window() -> None:
+    clock = Clock()
+    mem = store(clock)
+    fw = compile_algorithm("fixed_window", parse_rate("2/s"), None)
+    refund = fw.refund_in_memory(mem)
+    token = check(mem, fw)[4]
+    clock.advance(1.5)  # that window is over; a request opens the next one
+    assert check(mem, fw)[:2] == [1, 1]
+    assert not refund("k", token)
+    own = check(mem, fw)[4]
+    assert check(mem, fw)[0] == 0  # still 2 in this window
+    assert refund("k", own)  # a refund of this window's own admission gives it back
+    assert check(mem, fw)[0] == 1
+
+
+def test_a_sliding_window_refund_follows_its_window() -> None:
+    clock = Clock()
+    mem = store(clock)
+    sw = compile_algorithm("sliding_window", parse_rate("4/s"), None)
+    refund = sw.refund_in_memory(mem)
+    token = check(mem, sw)[4]
+    clock.advance(1.2)  # the next window: the admission is now the previous one's
+    check(mem, sw)
+    assert mem.entries["k"][0][1:] == (1, 1)  # (start, curr, prev)
+    assert refund("k", token)
+    assert mem.entries["k"][0][1:] == (1, 0)
+    token = check(mem, sw)[4]
+    clock.advance(2.5)  # two windows on: a fresh start owes it nothing
+    check(mem, sw)
+    assert not refund("k", token)
+
+
+def test_a_token_bucket_refund_gives_back_what_is_left_of_the_admission() -> None:
+    clock = Clock()
+    mem = store(clock)
+    tb = compile_algorithm("token_bucket", parse_rate("2/s"), 1)  # one token per 0.5 s
+    refund = tb.refund_in_memory(mem)
+    token = check(mem, tb)[4]
+    assert check(mem, tb)[0] == 0  # the bucket is empty
+    assert refund("k", token)
+    second = check(mem, tb)  # the token came back at once
+    assert second[0] == 1
+    clock.advance(0.6)  # refilled past the second admission: nothing of it is left
+    assert check(mem, tb)[0] == 1
+    assert not refund("k", second[4])
+    assert check(mem, tb)[0] == 0  # the third request's token was not given away

@@ -22,7 +22,7 @@ from gateway.exchange import Exchange, Response
 from gateway.observability.metrics import Metrics
 from gateway.policies import REGISTRY
 from gateway.policies.base import BuildContext, Policy
-from gateway.policies.rate_limit import policy as rate_limit_policy
+from gateway.policies.rate_limit import fields as rate_limit_fields
 from gateway.policies.rate_limit.config import RateLimitConfig
 from gateway.policies.rate_limit.policy import RateLimitPolicy
 from gateway.stores import ScriptArg, Stores
@@ -152,7 +152,7 @@ def test_header_fields_follow_the_current_draft_syntax() -> None:
 def test_the_ratelimit_field_follows_every_state(
     monkeypatch: pytest.MonkeyPatch, algorithm: str
 ) -> None:
-    monkeypatch.setattr(rate_limit_policy, "LIMIT_FIELDS_KEPT", 3)  # a token bucket's memo
+    monkeypatch.setattr(rate_limit_fields, "LIMIT_FIELDS_KEPT", 3)  # a token bucket's memo
     h = Harness()
     chain = h.chain([{"name": "n", "rate": "10/h", "algorithm": algorithm}])
     seen = []
@@ -301,9 +301,52 @@ def test_a_shadow_limiter_neither_gives_back_nor_makes_others_give_back() -> Non
     chain = h.chain(
         [{"name": "a", "key": "route", "algorithm": "fixed_window", "rate": "3/m"},
          {"name": "b", "key": "route", "algorithm": "fixed_window", "rate": "1/m",
-          "mode": "shadow"}]
+          "mode": "shadow"},
+         {"name": "c", "key": "header:X-Client", "algorithm": "fixed_window", "rate": "1/m"}]
     )  # fmt: skip
-    assert [r.status for r, _ in h.send(chain, 4)] == [200, 200, 200, 429]
+    # b (shadow) refuses from the second request on: a keeps counting
+    statuses = [h.send(chain, 1, x_client=f"c{i}")[0][0].status for i in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    # c refuses: a gives back, the shadow b does not (its count is what would have been)
+    h2 = Harness()
+    chain = h2.chain(
+        [{"name": "a", "key": "route", "algorithm": "fixed_window", "rate": "2/m"},
+         {"name": "b", "key": "route", "algorithm": "fixed_window", "rate": "2/m",
+          "mode": "shadow"},
+         {"name": "c", "key": "header:X-Client", "algorithm": "fixed_window", "rate": "1/m"}]
+    )  # fmt: skip
+    first = [r for r, _ in h2.send(chain, 3, x_client="abuser")]
+    assert [r.status for r in first] == [200, 429, 429]
+    second = h2.send(chain, 1, x_client="other")[0]
+    assert second[0].status == 200
+    assert [d.action for d in second[1].decisions] == ["allow", "reject", "allow"]
+
+
+def test_an_invalid_token_at_a_later_limiter_gives_back_the_earlier_ones() -> None:
+    h = Harness()
+    chain = h.chain(
+        [{"name": "route", "key": "route", "algorithm": "fixed_window", "rate": "2/m"},
+         {"name": "user", "key": "jwt:sub", "rate": "5/s", "jwt": {"secret": SECRET}}]
+    )  # fmt: skip
+    bad = hs256("wrong-secret-wrong-secret-wrong!!", {"sub": "a"})
+    assert [r.status for r, _ in h.send(chain, 3, Authorization=f"Bearer {bad}")] == [401] * 3
+    good = hs256(SECRET, {"sub": "a"})
+    assert [r.status for r, _ in h.send(chain, 3, Authorization=f"Bearer {good}")] == [
+        200, 200, 429
+    ]  # fmt: skip
+
+
+def test_a_local_share_admission_is_given_back_in_its_share() -> None:
+    h = Harness(BrokenStore(), replicas=2)
+    chain = h.chain(
+        [{"name": "g", "key": "route", "algorithm": "fixed_window", "rate": "4/m",
+          "store": "shared", "on_store_error": "local_share", "store_backoff": "1h"},
+         {"name": "c", "key": "header:X-Client", "algorithm": "fixed_window", "rate": "1/m"}]
+    )  # fmt: skip
+    assert [r.status for r, _ in h.send(chain, 4, x_client="abuser")] == [200, 429, 429, 429]
+    # the share is 2: the refusals gave their places back, one is left
+    assert h.send(chain, 1, x_client="other")[0][0].status == 200
+    assert h.send(chain, 1, x_client="third")[0][0].status == 429
 
 
 def test_local_share_counts_every_worker_process() -> None:

@@ -11,9 +11,11 @@ Each algorithm is one atomic step, ``store.run(script, [key], args)``:
   holds the same twins by script name for ``MemoryStore.run``.
 
 Both take the same keys and arguments (times in microseconds) and answer
-``[allowed 0|1, remaining, reset_ms, retry_ms]``. Each algorithm also has a refund
-(``<script>_refund``, same keys and arguments, in Lua and in memory) that gives back
-one admitted request, for a limiter whose request a later limiter of its list refused.
+``[allowed 0|1, remaining, reset_ms, retry_ms, token]``. Each algorithm also has a
+refund (``<script>_refund``, same keys and arguments plus the admission's token, in Lua
+and in memory) that gives back one admitted request, for a limiter whose request a
+later limiter of its list refused; the token keeps a late refund from giving back
+what a later window or a refilled bucket never took.
 Each twin stores one value per key
 through the memory store, so its footprint is bounded by the store's LRU
 (``max_entries``); each Lua script sets an expiry on every key it writes.
@@ -39,12 +41,15 @@ from gateway.config.units import Rate
 from gateway.stores import ScriptArg
 from gateway.stores.memory import MEMORY_SCRIPTS, MemoryStore
 
-#: ``[allowed, remaining, reset_ms, retry_ms]`` as the scripts return it.
+#: ``[allowed, remaining, reset_ms, retry_ms, token]`` as the scripts return it; the token
+#: names what an admission took (the bucket's TAT, the window's end or start), for a
+#: refund to give back only that.
 Verdict = Sequence[int]
 #: One decision for one key, the algorithm compiled for a memory store and its arguments.
 Check = Callable[[str], Verdict]
-#: One admitted request given back, for one key (compiled like a Check): whether it was.
-Refund = Callable[[str], bool]
+#: One admitted request given back, for one key and the admission's token (the 5th item
+#: of its verdict), compiled like a Check: whether anything was given back.
+Refund = Callable[[str, int], bool]
 
 ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window")
 _SCRIPTS = {
@@ -88,12 +93,13 @@ def token_bucket_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
         new_tat = tat + interval
         allow_at = tat - head_room
         if now < allow_at:
-            return [0, 0, ceil((tat - now) / 1000), ceil((allow_at - now) / 1000)]
+            return [0, 0, ceil((tat - now) / 1000), ceil((allow_at - now) / 1000), 0]
         # MemoryStore.save; a found key is already the most recent.
         data[key] = (new_tat, t + ((new_tat - now) / 1e6 + 0.001))
         if item is None and len(data) > store.max_entries:
             _evict(store)
-        return [1, floor((now - allow_at) / interval + 1e-6), ceil((new_tat - now) / 1000), 0]
+        remaining = floor((now - allow_at) / interval + 1e-6)
+        return [1, remaining, ceil((new_tat - now) / 1000), 0, int(new_tat)]
 
     return check
 
@@ -124,9 +130,9 @@ def fixed_window_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check:
         count = int(entry[0])
         reset = ceil((entry[1] - now) / 1000)
         if count >= limit:  # refused: not counted
-            return [0, 0, reset, reset]
+            return [0, 0, reset, reset, 0]
         entry[0] = count + 1
-        return [1, limit - count - 1, reset, 0]
+        return [1, limit - count - 1, reset, 0, int(entry[1])]
 
     return check
 
@@ -171,7 +177,7 @@ def sliding_window_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check
         estimate = prev * (window - elapsed) / window + curr
         if estimate + 1 > limit:
             retry = ceil(_sliding_wait(limit, window, elapsed, curr, prev) / 1000)
-            return [0, 0, retry, retry]
+            return [0, 0, retry, retry, 0]
         curr += 1
         ttl = (start + 2 * window - now) / 1e6
         data[key] = ((start, curr, prev), t + ttl if ttl > 0 else 0.0)
@@ -182,7 +188,7 @@ def sliding_window_check(store: MemoryStore, args: Sequence[ScriptArg]) -> Check
             reset = ceil((window - elapsed) / 1000)
         else:
             reset = ceil(_sliding_wait(limit, window, elapsed, curr, prev) / 1000)
-        return [1, remaining, reset, 0]
+        return [1, remaining, reset, 0, int(start)]
 
     return check
 
@@ -196,15 +202,20 @@ def _unexpired(store: MemoryStore, key: str) -> tuple[object, float] | None:
 
 
 def token_bucket_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund:
-    """Twin of ``rl_token_bucket_refund.lua``: the TAT one interval back."""
+    """Twin of ``rl_token_bucket_refund.lua``: the TAT back by what is left of the
+    admission whose TAT was ``token`` (none of it once the bucket refilled past it)."""
     interval = float(args[0])
 
-    def refund(key: str) -> bool:
+    def refund(key: str, token: int) -> bool:
         item = _unexpired(store, key)
         if item is None or not isinstance(item[0], float):
             return False
         t = store.clock()
-        now, tat = t * 1e6, item[0] - interval
+        now = t * 1e6
+        amount = min(interval, token - now)
+        if amount <= 0:
+            return False
+        tat = item[0] - amount
         if tat <= now:
             del store.entries[key]  # full again
         else:
@@ -215,12 +226,13 @@ def token_bucket_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund
 
 
 def fixed_window_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund:
-    """Twin of ``rl_fixed_window_refund.lua``: the window's count one down."""
+    """Twin of ``rl_fixed_window_refund.lua``: the count one down, if the window that
+    ends at ``token`` is still the key's (a later window owes nothing)."""
 
-    def refund(key: str) -> bool:
+    def refund(key: str, token: int) -> bool:
         item = _unexpired(store, key)
         entry = item[0] if item is not None else None
-        if not isinstance(entry, list) or entry[0] <= 0:
+        if not isinstance(entry, list) or int(entry[1]) != token or entry[0] <= 0:
             return False
         entry[0] -= 1
         return True
@@ -229,14 +241,22 @@ def fixed_window_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund
 
 
 def sliding_window_refund(store: MemoryStore, args: Sequence[ScriptArg]) -> Refund:
-    """Twin of ``rl_sliding_window_refund.lua``: the current window's count one down."""
+    """Twin of ``rl_sliding_window_refund.lua``: one down from the count of the window
+    that started at ``token``: the current one's, or the previous one's once the window
+    moved on; nothing from a later window."""
+    window = float(args[1])
 
-    def refund(key: str) -> bool:
+    def refund(key: str, token: int) -> bool:
         item = _unexpired(store, key)
-        if item is None or not isinstance(item[0], tuple) or item[0][1] <= 0:
+        if item is None or not isinstance(item[0], tuple):
             return False
         start, curr, prev = item[0]
-        store.entries[key] = ((start, curr - 1, prev), item[1])
+        if abs(start - token) < 1 and curr > 0:
+            store.entries[key] = ((start, curr - 1, prev), item[1])
+        elif abs(start - token - window) < 1 and prev > 0:
+            store.entries[key] = ((start, curr, prev - 1), item[1])
+        else:
+            return False
         return True
 
     return refund
@@ -264,7 +284,8 @@ def _refund_script(
     """A refund twin as ``MemoryStore.run`` calls it: 1 if given back, as the script."""
 
     def run(store: MemoryStore, keys: Sequence[str], args: Sequence[ScriptArg]) -> int:
-        return int(MEMORY_REFUNDS[name](store, args)(keys[0]))
+        *own, token = args
+        return int(MEMORY_REFUNDS[name](store, own)(keys[0], int(token)))
 
     return run
 

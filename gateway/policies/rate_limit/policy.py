@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, ClassVar, cast
 
 from gateway.config.models import StoreSpec
@@ -40,27 +41,27 @@ from gateway.edge import problem_response
 from gateway.errors import StoreError
 from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.base import LATER, BuildContext, Later, Policy
-from gateway.policies.rate_limit.algorithms import Algorithm, Check, Verdict, compile_algorithm
+from gateway.policies.rate_limit.algorithms import (
+    Check,
+    Refund,
+    Verdict,
+    compile_algorithm,
+)
 from gateway.policies.rate_limit.config import RateLimitConfig, RateLimitRule
+from gateway.policies.rate_limit.fields import Fields, sf_string
 from gateway.policies.rate_limit.jwt import JwtVerifier
 from gateway.policies.rate_limit.keys import InvalidToken, KeyResolver
 from gateway.stores import Scripts, StartsScripts, Store
 from gateway.stores.guard import StoreGuard
 from gateway.stores.memory import MemoryStore
-from gateway.types import Handler, Header, Headers
+from gateway.types import Handler, Headers
 
-RATELIMIT_POLICY = b"ratelimit-policy"
-RATELIMIT = b"ratelimit"
 RETRY_AFTER = b"retry-after"
-#: Formatted ``RateLimit`` fields kept per limiter, by (remaining, seconds to reset).
-LIMIT_FIELDS_KEPT = 1024
 
 # Decision actions (gateway_policy_decisions_total{action=...}).
 ALLOW, REJECT = "allow", "reject"
 LOCAL_ALLOW, LOCAL_REJECT = "local_allow", "local_reject"  # local_share while the store is down
 FAIL_OPEN, FAIL_CLOSED = "fail_open", "fail_closed"  # on_store_error allow / deny
-# Where an admitted request's share was taken (Exchange.quota_taken).
-TAKEN_MEMORY, TAKEN_STORE, TAKEN_LOCAL = 0, 1, 2
 INVALID_TOKEN = "invalid_token"
 
 
@@ -73,63 +74,17 @@ class _StoreHealth:
         self.down_until = -math.inf
 
 
-class _LimitFields(dict[tuple[int, int], tuple[Header, Header]]):
-    """``RateLimit-Policy`` and ``RateLimit`` by (remaining, seconds to reset), formatted
-    on first use.
-
-    A bounded memo of a pure function (at most ``LIMIT_FIELDS_KEPT``, started over when
-    full): the only thing a request may add to the policy.
-    """
-
-    __slots__ = ("policy_field", "prefix")
-
-    def __init__(self, policy_field: Header, prefix: bytes) -> None:
-        super().__init__()
-        self.policy_field = policy_field
-        self.prefix = prefix
-
-    def __missing__(self, state: tuple[int, int]) -> tuple[Header, Header]:
-        fields = (self.policy_field, (RATELIMIT, b"%s%d;t=%d" % (self.prefix, *state)))
-        if len(self) >= LIMIT_FIELDS_KEPT:
-            self.clear()
-        self[state] = fields
-        return fields
+def _note_taken(exchange: Exchange, refund: Callable[[], object]) -> None:
+    """Note what an admission took, for a later limiter that refuses to give back."""
+    taken = exchange.quota_taken
+    if taken is None:
+        exchange.quota_taken = [refund]
+    else:
+        taken.append(refund)
 
 
-class _Fields:
-    """One algorithm's ``RateLimit-Policy`` item, and its ``RateLimit`` items."""
-
-    __slots__ = ("memo", "policy", "prefix")
-
-    def __init__(self, item: bytes, algorithm: Algorithm) -> None:
-        self.policy: Header = (
-            RATELIMIT_POLICY,
-            b"%s;q=%d;w=%d" % (item, algorithm.quota, algorithm.window),
-        )
-        self.prefix = item + b";r="
-        # A token bucket under its limit answers in the same state request after request
-        # (a full bucket), so its RateLimit field is formatted once per state; a window
-        # counts down, so its field is formatted each time.
-        self.memo = (
-            _LimitFields(self.policy, self.prefix) if algorithm.name == "token_bucket" else None
-        )
-
-    def admitted(self, verdict: Verdict) -> tuple[Header, Header]:
-        """The fields of an admitted request."""
-        remaining, reset = verdict[1], -(-verdict[2] // 1000)  # reset: ms, rounded up
-        memo = self.memo
-        if memo is not None:
-            return memo[remaining, reset]
-        return self.policy, (RATELIMIT, b"%s%d;t=%d" % (self.prefix, remaining, reset))
-
-    def rejected(self, retry: int) -> tuple[Header, Header]:
-        """The fields of a request refused for ``retry`` seconds."""
-        return self.policy, (RATELIMIT, b"%s0;t=%d" % (self.prefix, retry))
-
-
-def _retrieved(call: asyncio.Future[object]) -> None:
-    if not call.cancelled():
-        call.exception()
+def _no_refund(key: str, token: int) -> bool:
+    return False
 
 
 async def _answer(response: Response) -> Response:
@@ -138,10 +93,6 @@ async def _answer(response: Response) -> Response:
 
 def _seconds(milliseconds: int) -> int:
     return -(-int(milliseconds) // 1000)
-
-
-def _sf_string(text: str) -> bytes:
-    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
 
 
 class RateLimitPolicy(Policy[RateLimitRule]):
@@ -216,9 +167,9 @@ class RateLimitPolicy(Policy[RateLimitRule]):
 
         # Everything the headers need, computed once; while local_share stands in for the
         # store, the fields state the share this process enforces.
-        item = _sf_string(config.name)
-        self._fields = _Fields(item, algorithm)
-        self._local_fields = _Fields(item, local_algorithm)
+        item = sf_string(config.name)
+        self._fields = Fields(item, algorithm)
+        self._local_fields = Fields(item, local_algorithm)
         # The decision of an admitted request: one object, recorded for every such request.
         self._allowed = Decision(self._label, ALLOW)
         self.decides_now = self._bucket is not None and (
@@ -230,10 +181,11 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         #: (set by ``build``): then the request's exchange notes what this one took.
         self.notes_taken = False
         self._refund_script = algorithm.refund_script
-        self._refund_memory = (
-            algorithm.refund_in_memory(store) if isinstance(store, MemoryStore) else None
+        self._refund_memory: Refund = (
+            algorithm.refund_in_memory(store) if isinstance(store, MemoryStore) else _no_refund
         )
         self._refund_local = local_algorithm.refund_in_memory(local)
+        self._refunds: set[asyncio.Future[object]] = set()  # store refunds in flight
         self._headers_on_admit = enforcing and config.headers == "all"
         self._headers_on_reject = config.headers != "none"
         self._problem_extra: dict[str, object] = {"violated-policies": [config.name]}
@@ -295,13 +247,14 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         if check is None:
             self._send_early(exchange, plain(exchange))
             return LATER
-        verdict = check(self._memory_prefix + plain(exchange))
+        key = self._memory_prefix + plain(exchange)
+        verdict = check(key)
         if not verdict[0]:
             exchange.decisions.append(Decision(self._label, REJECT))
             return self._reject(exchange, verdict[3], self._fields)
         exchange.decisions.append(self._allowed)
         if self.notes_taken:
-            self._note_taken(exchange, plain(exchange), TAKEN_MEMORY)
+            _note_taken(exchange, partial(self._refund_memory, key, verdict[4]))
         if self._headers_on_admit:
             exchange.add_response_fields(self._fields.admitted(verdict))
         return None
@@ -372,8 +325,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         if not verdict[0]:
             return self._reject(exchange, verdict[3], fields)
         if self.notes_taken:
-            where = TAKEN_LOCAL if local else TAKEN_MEMORY if check is not None else TAKEN_STORE
-            self._note_taken(exchange, bucket, where)
+            token = verdict[4]
+            refund: Callable[[], object]
+            if local:
+                refund = partial(self._refund_local, self._local_prefix + bucket, token)
+            elif check is not None:
+                refund = partial(self._refund_memory, self._memory_prefix + bucket, token)
+            else:
+                refund = partial(self._refund_store, bucket, token)
+            _note_taken(exchange, refund)
         if self._headers_on_admit:
             exchange.add_response_fields(fields.admitted(verdict))
         return await call_next(exchange)
@@ -394,13 +354,6 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         verdict = self._local_check(self._local_prefix + bucket)
         return verdict, LOCAL_ALLOW if verdict[0] else LOCAL_REJECT
 
-    def _note_taken(self, exchange: Exchange, bucket: str, where: int) -> None:
-        taken = exchange.quota_taken
-        if taken is None:
-            exchange.quota_taken = [(self, bucket, where)]
-        else:
-            taken.append((self, bucket, where))
-
     def _give_back_taken(self, exchange: Exchange) -> None:
         """This limiter refuses the request: the limiters before it give back what they
         took, so a request counts only against limits it passed all of."""
@@ -408,22 +361,24 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         if taken is None or not self._enforcing:
             return
         exchange.quota_taken = None
-        for limiter, bucket, where in taken:
-            cast(RateLimitPolicy, limiter).give_back(bucket, where)
+        for refund in taken:
+            refund()
 
-    def give_back(self, bucket: str, where: int) -> None:
-        """Undo one admission of ``bucket`` (a later limiter refused the request)."""
-        if where == TAKEN_LOCAL:
-            self._refund_local(self._local_prefix + bucket)
-        elif where == TAKEN_MEMORY:
-            if self._refund_memory is not None:
-                self._refund_memory(self._memory_prefix + bucket)
-        elif self._clock() >= self._health.down_until:
-            # Not awaited: the refusal goes out now; a failed refund leaves the count
-            # one high until the window or bucket moves on (nothing to report).
-            key = self._key_of(self._prefix + bucket)
-            call = asyncio.ensure_future(self._run(self._refund_script, (key,), self._args))
-            call.add_done_callback(_retrieved)
+    def _refund_store(self, bucket: str, token: int) -> None:
+        """Give back one admission of ``bucket`` in the store, without awaiting: the
+        refusal goes out now. Skipped while the store is known to be down; a refund
+        that fails leaves the count one high until the window or bucket moves on."""
+        if self._clock() < self._health.down_until:
+            return
+        key = self._key_of(self._prefix + bucket)
+        call = asyncio.ensure_future(self._run(self._refund_script, (key,), (*self._args, token)))
+        self._refunds.add(call)  # a reference until done: a task is not collected mid-run
+        call.add_done_callback(self._refunded)
+
+    def _refunded(self, call: asyncio.Future[object]) -> None:
+        self._refunds.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved: nothing to report
 
     def _invalid_token(self, exchange: Exchange, invalid: InvalidToken) -> Response:
         self._give_back_taken(exchange)
@@ -434,7 +389,7 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             [(b"www-authenticate", b'Bearer error="invalid_token"')],
         )  # fmt: skip
 
-    def _reject(self, exchange: Exchange, retry_ms: int, fields: _Fields) -> Response:
+    def _reject(self, exchange: Exchange, retry_ms: int, fields: Fields) -> Response:
         self._give_back_taken(exchange)
         retry = max(1, _seconds(retry_ms))
         headers: Headers = [(RETRY_AFTER, str(retry).encode())]

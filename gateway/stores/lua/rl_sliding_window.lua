@@ -3,7 +3,8 @@
 -- window. Windows start with the key's first request (s, µs on the Redis clock).
 -- KEYS[1]: hash {s: current window start, c: its count, p: previous window's count}.
 -- ARGV[1]: limit (requests per window); ARGV[2]: window in µs.
--- Returns {allowed 0|1, remaining, reset ms, retry-after ms}. Rejections do not count.
+-- Returns {allowed 0|1, remaining, reset ms, retry-after ms, token}: the token is the
+-- admitting window's start as stored (µs), for the refund. Rejections do not count.
 -- Twin: gateway.policies.rate_limit.algorithms.sliding_window (keep them in step).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -39,10 +40,11 @@ end
 local estimate = prev * (window - elapsed) / window + curr
 if estimate + 1 > limit then
   local retry = math.ceil(wait(curr, prev) / 1000)
-  return {0, 0, retry, retry}
+  return {0, 0, retry, retry, 0}
 end
 curr = curr + 1
-redis.call('HSET', KEYS[1], 's', string.format('%.0f', start), 'c', curr, 'p', prev)
+local stored_start = string.format('%.0f', start)
+redis.call('HSET', KEYS[1], 's', stored_start, 'c', curr, 'p', prev)
 redis.call('PEXPIRE', KEYS[1], math.ceil((start + 2 * window - now) / 1000))
 local remaining = math.floor(limit - estimate - 1 + 1e-9)
 local reset
@@ -51,4 +53,4 @@ if remaining > 0 then
 else
   reset = math.ceil(wait(curr, prev) / 1000)
 end
-return {1, remaining, reset, 0}
+return {1, remaining, reset, 0, tonumber(stored_start)}
