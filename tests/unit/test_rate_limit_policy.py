@@ -127,6 +127,7 @@ def test_a_rejected_request_gets_429_problem_json_and_never_reaches_the_upstream
     assert rejected.header(b"content-type") == b"application/problem+json"
     assert body["type"].endswith("/quota-exceeded") and body["status"] == 429
     assert body["violated-policies"] == ["per-ip"]
+    assert body["detail"].startswith("rate limit 'per-ip' (3/3600s) exceeded; retry in ")
     assert [(d.policy, d.action) for d in exchange.decisions] == [("rate_limit:per-ip", "reject")]
 
 
@@ -272,6 +273,7 @@ def test_local_share_fields_state_the_share_this_process_enforces(
     refused = results[-1][0]
     assert refused.status == 429
     assert fields(refused, b"ratelimit-policy") == [policy_item]
+    assert "this process's share" in json.loads(refused.body)["detail"]
     assert fields(refused, b"ratelimit")[0].startswith('"g";r=0;t=')
 
 

@@ -47,9 +47,11 @@ class LimitFields(dict[tuple[int, int], tuple[Header, Header]]):
 class Fields:
     """One algorithm's ``RateLimit-Policy`` item, and its ``RateLimit`` items."""
 
-    __slots__ = ("memo", "policy", "prefix")
+    __slots__ = ("detail", "memo", "policy", "prefix")
 
-    def __init__(self, item: bytes, algorithm: Algorithm) -> None:
+    def __init__(self, item: bytes, algorithm: Algorithm, detail: str) -> None:
+        #: What a refusal's problem detail says was exceeded.
+        self.detail = detail
         self.policy: Header = (
             RATELIMIT_POLICY,
             b"%s;q=%d;w=%d" % (item, algorithm.quota, algorithm.window),

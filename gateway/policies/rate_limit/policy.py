@@ -168,8 +168,11 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         # Everything the headers need, computed once; while local_share stands in for the
         # store, the fields state the share this process enforces.
         item = sf_string(config.name)
-        self._fields = Fields(item, algorithm)
-        self._local_fields = Fields(item, local_algorithm)
+        exceeded = f"rate limit {config.name!r} ({config.rate})"
+        self._fields = Fields(item, algorithm, exceeded)
+        share = f"{local_algorithm.quota}/{local_algorithm.window}s"
+        local_exceeded = f"{exceeded[:-1]}, this process's share {share} while its store is down)"
+        self._local_fields = Fields(item, local_algorithm, local_exceeded)
         # The decision of an admitted request: one object, recorded for every such request.
         self._allowed = Decision(self._label, ALLOW)
         self.decides_now = self._bucket is not None and (
@@ -189,7 +192,6 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         self._headers_on_admit = enforcing and config.headers == "all"
         self._headers_on_reject = config.headers != "none"
         self._problem_extra: dict[str, object] = {"violated-policies": [config.name]}
-        self._reject_detail = f"rate limit {config.name!r} ({config.rate}) exceeded"
 
     @staticmethod
     def _store_for(config: RateLimitRule, ctx: BuildContext) -> Store:
@@ -397,5 +399,5 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             headers.extend(fields.rejected(retry))
         return problem_response(
             exchange, 429, "quota-exceeded", "Too Many Requests",
-            f"{self._reject_detail}; retry in {retry}s", headers, **self._problem_extra,
+            f"{fields.detail} exceeded; retry in {retry}s", headers, **self._problem_extra,
         )  # fmt: skip
