@@ -241,13 +241,29 @@ class Logging(Model):
     access_log: bool = Field(True, description="Write one line per request.")
 
 
+#: The shortest `reload.interval`: the watcher stats the file this often, and a shorter
+#: interval (`0s` above all) would keep a core busy polling.
+MIN_RELOAD_INTERVAL = 0.1
+
+
 class Reload(Model):
     """Hot reload of this file."""
 
     watch: bool = Field(
         True, description="Watch the file's directory and reload on change (SIGHUP always works)."
     )
-    interval: Duration = Field(1.0, description="How often the directory is checked.")
+    interval: Duration = Field(
+        1.0, description="How often the directory is checked; at least 100ms."
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _not_busy(cls, value: float) -> float:
+        if value < MIN_RELOAD_INTERVAL:
+            raise ValueError(
+                f"must be at least 100ms (the file is checked this often); got {value:g}s"
+            )
+        return value
 
 
 class GatewayConfig(Model):

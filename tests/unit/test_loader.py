@@ -157,3 +157,20 @@ def test_store_shorthand_validates_against_the_schema() -> None:
         "routes": [{"name": "r", "match": {"prefix": "/"}, "upstream": "app"}],
     }
     jsonschema.validate(doc, policy_file_schema())
+
+
+@pytest.mark.parametrize("interval", ["0s", "0", "50ms"])
+def test_reload_interval_below_the_minimum_is_refused(interval: str) -> None:
+    # `interval: 0s` passed and then kept a core busy polling the file.
+    text = GOOD.replace(
+        "admin: 127.0.0.1:9901\n", f"admin: 127.0.0.1:9901\nreload: {{interval: {interval}}}\n"
+    )
+    (err,) = errors(text)
+    assert err.startswith("f.yaml:4:20: reload.interval: must be at least 100ms")
+
+
+def test_reload_interval_at_the_minimum_loads() -> None:
+    text = GOOD.replace(
+        "admin: 127.0.0.1:9901\n", "admin: 127.0.0.1:9901\nreload: {interval: 100ms}\n"
+    )
+    assert load_text(text, "f.yaml")[0].reload.interval == 0.1
