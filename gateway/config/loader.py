@@ -22,19 +22,58 @@ from gateway.errors import ConfigError, ConfigIssue
 
 Loc = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-# `match: {path: /users/{id}}` is what people write, but braces end a YAML flow mapping:
-# an unquoted path template after `path:` is quoted before parsing (same meaning in
-# block style, where it was already legal).
-_UNQUOTED_TEMPLATE = re.compile(
-    r"(?P<key>(?:^|[\s{,])path:[ \t]+)"
-    r"(?P<value>/(?:[^\s,{}'\"#]|\{[A-Za-z_][A-Za-z0-9_]*(?::path)?\})*"
-    r"\{[A-Za-z_][A-Za-z0-9_]*(?::path)?\}(?:[^\s,{}'\"#]|\{[A-Za-z_][A-Za-z0-9_]*(?::path)?\})*)",
-    re.MULTILINE,
-)
+# A `{name}` or `{name:path}` group (or anything else between braces without spaces or
+# flow indicators: the model then says what a parameter may be) inside a path template.
+_TEMPLATE_GROUP = re.compile(r"\{[^\s{}\[\],]*\}")
+_FLOW_ENDS = frozenset(" \t\r\n\0,[]{}#\x85\u2028\u2029")
 
 
-def quote_path_templates(text: str) -> str:
-    return _UNQUOTED_TEMPLATE.sub(lambda m: f'{m.group("key")}"{m.group("value")}"', text)
+class _Loader(yaml.SafeLoader):
+    """The safe loader, where a plain path template may follow `path:` in flow style.
+
+    `match: {path: /users/{id}}` is what people write, but braces end a YAML flow
+    mapping, so that line is invalid YAML. This scanner reads the plain value of a
+    `path` key in a flow collection on across `{...}` groups. It works on tokens, not
+    on the text: quoted scalars and comments are never looked at, nothing is inserted
+    (every line and column stays that of the file), and a document that standard YAML
+    accepts means exactly the same here, since it only reads on where the standard
+    scanner would have stopped with an error.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path_value_next = False  # the value indicator of a `path` key was just read
+        self._path_value = False  # the token being fetched is such a value
+
+    def fetch_more_tokens(self) -> None:
+        self._path_value, self._path_value_next = self._path_value_next, False
+        super().fetch_more_tokens()
+
+    def fetch_value(self) -> None:
+        key = self.possible_simple_keys.get(self.flow_level)
+        after_path = False
+        if key is not None and self.flow_level:
+            token = self.tokens[key.token_number - self.tokens_taken]
+            after_path = isinstance(token, yaml.ScalarToken) and token.value == "path"
+        super().fetch_value()
+        self._path_value_next = after_path
+
+    def scan_plain(self) -> yaml.ScalarToken:
+        token: yaml.ScalarToken = super().scan_plain()
+        if not self._path_value:
+            return token
+        value, end = token.value, token.end_mark
+        while self.peek() == "{" and self.get_mark().index == end.index:
+            group = _TEMPLATE_GROUP.match(self.buffer, self.pointer)
+            if group is None:
+                break
+            self.forward(len(group.group()))
+            value += group.group()
+            end = self.get_mark()
+            if self.peek() not in _FLOW_ENDS:
+                more = super().scan_plain()
+                value, end = value + more.value, more.end_mark
+        return yaml.ScalarToken(value, True, token.start_mark, end)
 
 
 @dataclass
@@ -125,7 +164,7 @@ class _Walker:
 def parse_yaml(text: str, file: str) -> tuple[Any, Positions, list[ConfigIssue]]:
     positions = Positions(file)
     try:
-        loader = yaml.SafeLoader(quote_path_templates(text))
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             if node is None:

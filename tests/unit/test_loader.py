@@ -174,3 +174,47 @@ def test_reload_interval_at_the_minimum_loads() -> None:
         "admin: 127.0.0.1:9901\n", "admin: 127.0.0.1:9901\nreload: {interval: 100ms}\n"
     )
     assert load_text(text, "f.yaml")[0].reload.interval == 0.1
+
+
+def test_quoted_text_that_looks_like_a_path_template_is_left_alone() -> None:
+    # The old text rewrite quoted `path: /x/{y}` inside a quoted string: "invalid YAML".
+    text = GOOD.replace(
+        "    policies: {}",
+        '    policies: {noop: {response_header: "X-Doc: path: /x/{y}"}}  # path: /c/{id}',
+    )
+    config, _ = load_text(text, "f.yaml")
+    assert config.routes[0].policies["noop"].response_header == "X-Doc: path: /x/{y}"
+
+
+def test_single_quoted_template_and_templates_in_a_flow_sequence() -> None:
+    text = GOOD.replace("{path: /files/{rest:path}}", "{path: '/files/{rest:path}'}")
+    text = text.replace("{prefix: /}", "{path: /u/{a}/{b}/x, headers: {X-P: 'path: /x/{y}'}}")
+    config, _ = load_text(text, "f.yaml")
+    assert config.routes[1].match.path == "/files/{rest:path}"
+    assert config.routes[2].match.path == "/u/{a}/{b}/x"
+    assert config.routes[2].match.headers == {"X-P": "path: /x/{y}"}
+
+
+def test_template_without_a_leading_slash_gets_the_model_message() -> None:
+    (err,) = errors(GOOD.replace("{prefix: /}", "{path: users/{id}}"))
+    assert err == "f.yaml:18:12: routes[2].match: 'users/{id}' must start with /"
+
+
+def test_columns_after_an_unquoted_template_are_those_of_the_file() -> None:
+    line = "    match: {path: /users/{id}, host: 5, bogus: 1}"
+    text = GOOD.replace("    match: {path: /users/{id}, methods: [GET, HEAD]}", line)
+    assert errors(text) == [
+        f"f.yaml:11:{line.index('5') + 1}: routes[0].match.host: Input should be a valid string",
+        f"f.yaml:11:{line.index('bogus') + 1}: routes[0].match: unknown key 'bogus'; "
+        "expected one of: path, prefix, methods, host, headers",
+    ]
+    assert line.index("5") + 1 == 38
+
+
+def test_error_in_the_issue_example_points_into_the_file() -> None:
+    text = GOOD.replace("methods: [GET, HEAD]}", "methods: [GET, FETCH]}")
+    (err,) = errors(text)
+    assert err.startswith("f.yaml:11:12: routes[0].match: unknown HTTP method(s)")
+    text = GOOD.replace("{path: /files/{rest:path}}", "{path: /files/{rest:path}, host: [x]}")
+    (err,) = errors(text)
+    assert err.startswith(f"f.yaml:15:{len('    match: {path: /files/{rest:path}, host: ') + 1}:")
