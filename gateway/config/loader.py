@@ -21,6 +21,7 @@ from gateway.config.models import GatewayConfig
 from gateway.errors import ConfigError, ConfigIssue
 
 Loc = tuple[str | int, ...]
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # A `{name}` or `{name:path}` group (or anything else between braces without spaces or
 # flow indicators: the model then says what a parameter may be) inside a path template.
@@ -117,12 +118,21 @@ class _Walker:
         self.loader = loader
         self.positions = positions
         self.issues: list[ConfigIssue] = []
+        self.merged: dict[int, int] = {}  # id(mapping node): pairs its merge keys put first
 
     def walk(self, node: yaml.Node, loc: Loc) -> Any:
         self.positions.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
+            # YAML merge keys (`<<: *anchor`): the merged pairs come first, from where
+            # the anchor stands; the mapping's own keys may override them.
+            merged = self.merged.get(id(node), 0)  # an alias walks a node twice
+            if any(k.tag == _MERGE_TAG for k, _ in node.value):
+                own = sum(k.tag != _MERGE_TAG for k, _ in node.value)
+                self.loader.flatten_mapping(node)
+                merged = self.merged[id(node)] = len(node.value) - own
             out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            written: set[Any] = set()  # keys written in this mapping itself
+            for index, (key_node, value_node) in enumerate(node.value):
                 key = self.loader.construct_object(key_node)
                 if not isinstance(key, str | int):
                     self.issues.append(self.positions.issue(loc, "mapping keys must be strings"))
@@ -132,10 +142,12 @@ class _Walker:
                     key_node.start_mark.line + 1,
                     key_node.start_mark.column + 1,
                 )
-                if key in out:
-                    self.issues.append(
-                        self.positions.issue(child, f"duplicate key {key!r}", at_key=True)
-                    )
+                if index >= merged:
+                    if key in written:
+                        self.issues.append(
+                            self.positions.issue(child, f"duplicate key {key!r}", at_key=True)
+                        )
+                    written.add(key)
                 out[key] = self.walk(value_node, child)
             return out
         if isinstance(node, yaml.SequenceNode):

@@ -218,3 +218,43 @@ def test_error_in_the_issue_example_points_into_the_file() -> None:
     text = GOOD.replace("{path: /files/{rest:path}}", "{path: /files/{rest:path}, host: [x]}")
     (err,) = errors(text)
     assert err.startswith(f"f.yaml:15:{len('    match: {path: /files/{rest:path}, host: ') + 1}:")
+
+
+MERGED = """\
+version: 1
+upstreams:
+  app: &app
+    url: http://127.0.0.1:8000
+    timeouts: {connect: 1s, read: 7s}
+  app2: {<<: *app, url: http://127.0.0.1:8001}
+  app3:
+    <<: [*app]
+    timeouts: {connect: 3s, read: 5s}
+routes:
+  - name: a
+    match: {prefix: /}
+    upstream: app2
+"""
+
+
+def test_merge_keys_load_as_yaml_defines_them() -> None:
+    # They were refused: "could not determine a constructor for the tag ...merge".
+    config, _ = load_text(MERGED, "f.yaml")
+    app2, app3 = config.upstreams["app2"], config.upstreams["app3"]
+    assert app2.url == "http://127.0.0.1:8001"
+    assert (app2.timeouts.connect, app2.timeouts.read) == (1.0, 7.0)
+    assert app3.url == "http://127.0.0.1:8000"
+    assert (app3.timeouts.connect, app3.timeouts.read) == (3.0, 5.0)
+
+
+def test_an_error_in_a_merged_value_points_at_the_anchor() -> None:
+    errs = errors(MERGED.replace("read: 7s", "read: soon"))
+    assert [e.split(": ")[0] for e in errs] == ["f.yaml:5:35", "f.yaml:5:35"]
+    assert "upstreams.app.timeouts.read" in errs[0]
+    assert "upstreams.app2.timeouts.read" in errs[1]
+
+
+def test_a_key_written_twice_beside_a_merge_is_still_a_duplicate() -> None:
+    text = MERGED.replace("url: http://127.0.0.1:8001}", "url: http://a:1, url: http://b:1}")
+    (err,) = errors(text)
+    assert err.startswith("f.yaml:6:37: duplicate key 'url'")
