@@ -11,7 +11,14 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config.units import Duration, Size
 
@@ -38,17 +45,49 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _overlap(a: str, b: str) -> bool:
+    """Whether two listening hosts take the same addresses (on one port they clash)."""
+    if a == b or "::" in (a, b) or "" in (a, b):  # `::` takes IPv4 too (dual stack)
+        return True
+    if "0.0.0.0" in (a, b):
+        return ":" not in (b if a == "0.0.0.0" else a)
+    return False
+
+
+#: An HTTP field name (RFC 9110 5.1: a token).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _positive(value: float, what: str) -> float:
+    """A size or a time that every request needs some of: 0 would fail them all."""
+    if value <= 0:
+        raise ValueError(f"must be more than 0: with 0, {what}")
+    return value
+
+
 class Timeouts(Model):
     """Upstream timeouts. A timeout maps to 504 problem+json."""
 
-    connect: Duration = Field(2.0, description="Time to open a TCP (and TLS) connection.")
+    connect: Duration = Field(
+        2.0, description="Time to open a TCP (and TLS) connection; more than 0."
+    )
     read: Duration = Field(
-        30.0, description="Longest wait for the next byte of the response (headers or body)."
+        30.0,
+        description="Longest wait for the next byte of the response (headers or body); "
+        "more than 0.",
     )
     total: Duration | None = Field(
         None,
-        description="Deadline for the whole exchange up to the response headers; none by default.",
+        description="Deadline for the whole exchange up to the response headers; none by "
+        "default, more than 0 when given.",
     )
+
+    @field_validator("connect", "read", "total")
+    @classmethod
+    def _not_zero(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        return _positive(value, "every request to this upstream would time out")
 
 
 class Pool(Model):
@@ -118,18 +157,55 @@ class Match(Model):
     )
     methods: list[str] | None = Field(
         None,
-        description="Allowed methods; another method on a matching path gets 405. All if unset.",
+        description="Allowed methods; another method on a matching path gets 405. All if "
+        "unset; an empty list is an error.",
     )
     host: str | None = Field(
         None,
         description="Host to match (port ignored, case-insensitive); `*.example.com` "
-        "matches any subdomain.",
+        "matches any subdomain. Not empty: omit it to match any host.",
     )
     headers: dict[str, str] = Field(
         default_factory=dict,
-        description="Request headers that must be present with exactly this value; "
-        "the value `*` only requires presence.",
+        description="Request headers (names are HTTP tokens) that must be present with "
+        "exactly this value; the value `*` only requires presence.",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _unique_parameters(cls, value: str | None) -> str | None:
+        names = _TEMPLATE_PART.findall(value or "")
+        seen: set[str] = set()
+        for name, _ in names:
+            if name in seen:
+                raise ValueError(f"{value!r}: the parameter {{{name}}} appears twice")
+            seen.add(name)
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _some_methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list allows no method; omit methods to allow all")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _some_host(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("an empty host matches no request; omit host to match any")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not _TOKEN.fullmatch(name)]
+        if bad:
+            listed = ", ".join(repr(name) for name in bad)
+            raise ValueError(
+                f"not a header name: {listed} (a name is letters, digits and !#$%&'*+-.^_`|~)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_of(self) -> Match:
@@ -157,7 +233,9 @@ class Match(Model):
 class Route(Model):
     """One route: a match, an upstream, and the policies that run on it."""
 
-    name: str = Field(description="Unique route name, used in metrics, logs and explain.")
+    name: str = Field(
+        description="Unique route name, used in metrics, logs and explain; not empty."
+    )
     match: Match = Field(description="Which requests this route takes.")
     upstream: str = Field(description="Name of an entry in `upstreams`.")
     policies: dict[str, Any] = Field(
@@ -165,6 +243,13 @@ class Route(Model):
         description="Policies for this route, by policy name; they run in the gateway's fixed "
         "order, not the order written here.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a route needs a name (metrics, logs and explain show it)")
+        return value
 
 
 class StoreSpec(Model):
@@ -200,22 +285,42 @@ class StoreSpec(Model):
 class Limits(Model):
     """Protection of the proxy port against oversized and slow clients."""
 
-    max_request_line: Size = Field(8192, description="Longest request line; 414 beyond it.")
+    max_request_line: Size = Field(
+        8192, description="Longest request line; 414 beyond it. More than 0."
+    )
     max_header_size: Size = Field(
-        65536, description="Largest total size of the request headers; 431 beyond it."
+        65536,
+        description="Largest total size of the request headers; 431 beyond it. More than 0.",
     )
     max_headers: int = Field(100, ge=1, description="Most request header fields; 431 beyond it.")
     header_timeout: Duration = Field(
         10.0,
         description="Time a client has to send the complete request head (slowloris defence); "
-        "408 and close beyond it.",
+        "408 and close beyond it. More than 0.",
     )
     body_timeout: Duration = Field(
-        60.0, description="Longest pause between two chunks of a request body; close beyond it."
+        60.0,
+        description="Longest pause between two chunks of a request body; close beyond it. "
+        "More than 0.",
     )
     keepalive_timeout: Duration = Field(
         75.0, description="An idle keep-alive client connection is closed after this."
     )
+
+    @field_validator("max_request_line", "max_header_size")
+    @classmethod
+    def _some_bytes(cls, value: int) -> int:
+        return int(_positive(value, "every request would be refused"))
+
+    @field_validator("header_timeout")
+    @classmethod
+    def _head_time(cls, value: float) -> float:
+        return _positive(value, "every connection would be closed before its request")
+
+    @field_validator("body_timeout")
+    @classmethod
+    def _body_time(cls, value: float) -> float:
+        return _positive(value, "every request body and every paused response would be cut off")
 
 
 class Shutdown(Model):
@@ -269,7 +374,7 @@ class Reload(Model):
 class GatewayConfig(Model):
     """The policy file."""
 
-    version: Literal[1] = Field(description="Format version of this file; always 1.")
+    version: Literal[1] = Field(description="Format version of this file; the integer 1.")
     server: Literal["native", "asgi"] = Field(
         "native",
         description="Front-end: `native` (asyncio + httptools, fastest) or `asgi` (uvicorn).",
@@ -298,10 +403,28 @@ class GatewayConfig(Model):
     upstreams: dict[str, Upstream] = Field(description="Named upstream services.")
     routes: list[Route] = Field(description="Routes, tried in order; the first match wins.")
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_one(cls, value: Any) -> Any:
+        if type(value) is not int or value != 1:
+            raise ValueError(f"must be the integer 1; got {value!r}")
+        return value
+
     @field_validator("listen", "admin")
     @classmethod
     def _addr(cls, value: str) -> str:
         return _host_port(value, "an address")
+
+    @field_validator("admin")
+    @classmethod
+    def _not_listen(cls, value: str, info: ValidationInfo) -> str:
+        listen = info.data.get("listen")
+        if listen is None:  # refused itself
+            return value
+        (host, port), (admin_host, admin_port) = split_host_port(listen), split_host_port(value)
+        if port == admin_port != 0 and _overlap(host, admin_host):
+            raise ValueError(f"the admin port cannot be the proxy's (listen: {listen})")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -258,3 +258,53 @@ def test_a_key_written_twice_beside_a_merge_is_still_a_duplicate() -> None:
     text = MERGED.replace("url: http://127.0.0.1:8001}", "url: http://a:1, url: http://b:1}")
     (err,) = errors(text)
     assert err.startswith("f.yaml:6:37: duplicate key 'url'")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "message"),
+    [
+        ("admin: 127.0.0.1:9901", "admin: 127.0.0.1:8080", "3:8", "admin: the admin port cannot"),
+        ("admin: 127.0.0.1:9901", "admin: 0.0.0.0:8080", "3:8", "admin: the admin port cannot"),
+        ("admin: 127.0.0.1:9901\n", "admin: 127.0.0.1:9901\nlimits: {max_request_line: 0}\n",
+         "4:28", "limits.max_request_line: must be more than 0"),
+        ("admin: 127.0.0.1:9901\n", "admin: 127.0.0.1:9901\nlimits: {max_header_size: 0}\n",
+         "4:27", "limits.max_header_size: must be more than 0"),
+        ("admin: 127.0.0.1:9901\n", "admin: 127.0.0.1:9901\nlimits: {header_timeout: 0s}\n",
+         "4:26", "limits.header_timeout: must be more than 0"),
+        ("admin: 127.0.0.1:9901\n", "admin: 127.0.0.1:9901\nlimits: {body_timeout: 0s}\n",
+         "4:24", "limits.body_timeout: must be more than 0"),
+        ("{connect: 2s, read: 30s}", "{connect: 0s, read: 30s}", "7:25",
+         "upstreams.app.timeouts.connect: must be more than 0"),
+        ("{connect: 2s, read: 30s}", "{connect: 2s, read: 0s}", "7:35",
+         "upstreams.app.timeouts.read: must be more than 0"),
+        ("{connect: 2s, read: 30s}", "{connect: 2s, read: 30s, total: 0}", "7:47",
+         "upstreams.app.timeouts.total: must be more than 0"),
+        ("- name: users", '- name: ""', "10:11", "routes[0].name: a route needs a name"),
+        ("methods: [GET, HEAD]", "methods: []", "11:41",
+         "routes[0].match.methods: an empty list allows no method; omit methods to allow all"),
+        ("methods: [GET, HEAD]", 'host: ""', "11:38", "routes[0].match.host: an empty host"),
+        ("methods: [GET, HEAD]", 'headers: {"": x, X-Ok: y, "Bad Name": z}', "11:41",
+         "routes[0].match.headers: not a header name: '', 'Bad Name'"),
+        ("{path: /users/{id},", "{path: /u/{id}/{id},", "11:19",
+         "routes[0].match.path: '/u/{id}/{id}': the parameter {id} appears twice"),
+        ("version: 1", "version: true", "1:10", "version: must be the integer 1; got True"),
+        ("version: 1", "version: 1.0", "1:10", "version: must be the integer 1; got 1.0"),
+    ],
+)  # fmt: skip
+def test_values_that_cannot_work_are_refused(old: str, new: str, where: str, message: str) -> None:
+    assert old in GOOD
+    (err,) = errors(GOOD.replace(old, new))
+    assert err.startswith(f"f.yaml:{where}: {message}")
+
+
+@pytest.mark.parametrize("admin", ["127.0.0.1:9901", "127.0.0.2:8080", "[::1]:8080", "127.0.0.1:0"])
+def test_admin_beside_listen_loads(admin: str) -> None:
+    text = GOOD.replace("admin: 127.0.0.1:9901", f"admin: '{admin}'")
+    if admin.endswith(":0"):
+        text = text.replace("listen: 127.0.0.1:8080", "listen: 127.0.0.1:0")
+    else:
+        text = text.replace(
+            "listen: 127.0.0.1:8080",
+            "listen: 0.0.0.0:8080" if "::" in admin else "listen: 127.0.0.1:8080",
+        )
+    assert load_text(text, "f.yaml")[0].admin == admin
