@@ -35,6 +35,17 @@ def problem(status: int, kind: str, title: str, detail: str) -> Response:
     )
 
 
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an ``Authorization`` value is ``Bearer <token>``.
+
+    The scheme is case-insensitive (RFC 9110 11.1: ``bearer`` and ``BEARER`` are
+    ``Bearer``); the token is compared in constant time.
+    """
+    scheme, _, credentials = authorization.strip().partition(" ")
+    given = credentials.strip().encode()
+    return hmac.compare_digest(given, token.encode()) and scheme.lower() == "bearer"
+
+
 def mask_secrets(value: Any, key: str = "") -> Any:
     """The config with passwords in URLs and secret-looking keys replaced by ``***``."""
     if isinstance(value, dict):
@@ -61,8 +72,7 @@ def build_admin_app(runtime: Runtime, token: str | None) -> Starlette:
             if not token:
                 detail = "the admin API is off: set GATEWAY_ADMIN_TOKEN to enable it"
                 return problem(404, "admin-disabled", "Not Found", detail)
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if not bearer_matches(request.headers.get("authorization", ""), token):
                 detail = "a valid `Authorization: Bearer <token>` is required"
                 response = problem(401, "unauthorized", "Unauthorized", detail)
                 response.headers["www-authenticate"] = 'Bearer realm="gateway-admin"'

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import GatewayFactory
-from tests.integration.harness import Gateway, base_config, wait_until
+from tests.integration.harness import ADMIN_TOKEN, Gateway, base_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,22 @@ def test_admin_api_needs_the_token(gateway: Gateway) -> None:
     status, _, body = gateway.admin("/admin/routes")
     assert status == 200
     assert [r["name"] for r in json.loads(body)["routes"]] == ["users", "everything-else"]
+
+
+def test_admin_bearer_scheme_is_case_insensitive(gateway: Gateway) -> None:
+    # RFC 9110 11.1: `bearer` is `Bearer`; it got 401.
+    for value in (f"bearer {ADMIN_TOKEN}", f"BEARER  {ADMIN_TOKEN}"):
+        headers = {"Authorization": value}
+        assert (
+            gateway.request("GET", "/admin/routes", headers=headers, port=gateway.admin_port)[0]
+            == 200
+        )
+    for value in (f"Basic {ADMIN_TOKEN}", ADMIN_TOKEN, f"Bearer {ADMIN_TOKEN.upper()}"):
+        headers = {"Authorization": value}
+        assert (
+            gateway.request("GET", "/admin/routes", headers=headers, port=gateway.admin_port)[0]
+            == 401
+        )
 
 
 def test_admin_api_off_without_token(start_gateway: GatewayFactory) -> None:
