@@ -187,9 +187,19 @@ class AccessLog:
     @staticmethod
     def _text(record: _Record) -> bytes:
         _, route, method, path, status, _, bytes_out, duration, _, ip, trace, _ = record
-        if not path.isprintable():  # a decoded %0A must not forge a log line
-            path = path.encode("unicode_escape").decode("ascii")
         return (
-            f'{ip} "{method} {path}" {status} '
+            f'{ip} "{_quoted(method)} {_quoted(path)}" {status} '
             f"{bytes_out} {duration * 1000:.2f}ms route={route} trace={trace}\n"
         ).encode()
+
+
+def _quoted(text: str) -> str:
+    """``text`` made safe inside a quoted field of a text line.
+
+    A decoded ``%0A`` must not start a forged line, nor a ``%22`` end the field early: a
+    text with ``\\``, ``"`` or a control character is escaped (with ``unicode_escape``,
+    which escapes any non-ASCII character too, then ``"`` as ``\\"``).
+    """
+    if '"' in text or "\\" in text or not text.isprintable():
+        return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return text

@@ -85,6 +85,23 @@ def test_text_format() -> None:
     )
 
 
+def test_text_format_quoted_field_cannot_be_forged() -> None:
+    # A decoded %22 closed the quoted field: the rest looked like another request's fields.
+    stream = io.BytesIO()
+    log = AccessLog(True, "text", stream=stream)
+    log.write(_exchange(b"/x%22%20200%200%201.00ms%20route=admin%20%5C%22"), 404, 3, 0.0015, "r")
+    log.write(_exchange(b"/a", 'G"\\\x01'), 400, 0, 0.0015, "r")
+    log.flush()
+    first, second = stream.getvalue().decode().splitlines()
+    assert first == (
+        '10.0.0.7 "GET /x\\" 200 0 1.00ms route=admin \\\\\\"" 404 3 1.50ms route=r '
+        "trace=4bf92f3577b34da6a3ce929d0e0e4736"
+    )
+    assert second.startswith('10.0.0.7 "G\\"\\\\\\x01 /a" 400 ')
+    for line in (first, second):  # one quoted field, then fields without quotes
+        assert line.replace("\\\\", "").replace('\\"', "").count('"') == 2
+
+
 def test_disabled_writes_nothing() -> None:
     stream = io.BytesIO()
     log = AccessLog(False, stream=stream)
