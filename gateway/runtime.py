@@ -98,6 +98,9 @@ class Runtime:
         self._watch_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._digest = ""
+        #: Why the last reload was refused (``FILE:LINE:COL: message`` lines, as
+        #: ``gateway check`` prints them); empty once a reload succeeds.
+        self.reload_errors: list[str] = []
         self._commit(self._prepare(loaded))
         self.metrics.config_info.labels(loaded.digest).set(1)
 
@@ -240,20 +243,26 @@ class Runtime:
             try:
                 loaded = self._load()
                 if loaded.digest == self._digest:
+                    self.reload_errors = []
                     return True
                 prepared = self._prepare(loaded)
             except ConfigError as exc:
                 self.metrics.reloads.labels("failure").inc()
+                self.reload_errors = [str(issue) for issue in exc.issues]
                 log.error("reload of %s failed; keeping the running config:\n%s", self.path, exc)
                 return False
-            except Exception:
+            except Exception as exc:
                 self.metrics.reloads.labels("failure").inc()
+                self.reload_errors = [f"{self.path}: {type(exc).__name__}: {exc}"]
                 log.exception("reload of %s failed; keeping the running config", self.path)
                 return False
             try:
                 await self._start_policies(prepared.snapshot)
-            except Exception:
+            except Exception as exc:
                 self.metrics.reloads.labels("failure").inc()
+                self.reload_errors = [
+                    f"{self.path}: the new config failed to start: {type(exc).__name__}: {exc}"
+                ]
                 log.exception("reload: the new config failed to start; keeping the running one")
                 await self._stop_policies(prepared.snapshot)
                 self._release(prepared.new_stores, prepared.fresh_pools)
@@ -270,6 +279,7 @@ class Runtime:
             self.metrics.config_info.clear()
             self.metrics.config_info.labels(loaded.digest).set(1)
             self.metrics.reloads.labels("success").inc()
+            self.reload_errors = []
             log.info("reloaded %s (config %s)", self.path, loaded.digest)
             self._retire_snapshot(old)
             return True

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -125,11 +127,34 @@ def build_admin_app(runtime: Runtime, token: str | None) -> Starlette:
         return JSONResponse({"routes": out})
 
     async def reload(request: Request) -> Response:
-        ok = await runtime.reload()
-        status = 200 if ok else 422
-        return JSONResponse({"reloaded": ok, "digest": runtime.snapshot.digest}, status_code=status)
+        if await runtime.reload():
+            return JSONResponse({"reloaded": True, "digest": runtime.snapshot.digest})
+        errors = runtime.reload_errors
+        detail = "the file was refused; the running configuration stays:\n" + "\n".join(errors)
+        body = problem_body(
+            422, "reload-refused", "Unprocessable Content", detail,
+            errors=errors, reloaded=False, digest=runtime.snapshot.digest,
+        )  # fmt: skip
+        return Response(body, 422, media_type="application/problem+json")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own 404 and 405, as problem+json like every other admin error."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+            response = problem(405, "method-not-allowed", "Method Not Allowed", detail)
+        elif exc.status_code == 404:
+            detail = f"the admin port has no {request.url.path}"
+            response = problem(404, "not-found", "Not Found", detail)
+        else:
+            title = HTTPStatus(exc.status_code).phrase
+            response = problem(exc.status_code, "admin-error", title, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     return Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -138,5 +163,5 @@ def build_admin_app(runtime: Runtime, token: str | None) -> Starlette:
             Route("/admin/routes", guarded(routes)),
             Route("/admin/reload", guarded(reload), methods=["POST"]),
             *policy_routes(runtime, guarded),
-        ]
+        ],
     )

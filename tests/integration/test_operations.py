@@ -66,6 +66,38 @@ def test_admin_bearer_scheme_is_case_insensitive(gateway: Gateway) -> None:
         )
 
 
+def test_admin_errors_are_problem_json(gateway: Gateway) -> None:
+    # They were text/plain `Not Found` / `Method Not Allowed`.
+    status, headers, body = gateway.admin("/nope", token=None)
+    assert status == 404 and headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["detail"] == "the admin port has no /nope"
+    status, headers, body = gateway.admin("/admin/reload")  # GET
+    assert status == 405 and headers["content-type"] == "application/problem+json"
+    assert headers["allow"] == "POST"
+    assert json.loads(body)["type"].endswith("/method-not-allowed")
+    assert "GET is not allowed on /admin/reload" in json.loads(body)["detail"]
+
+
+def test_refused_admin_reload_says_why(
+    start_gateway: GatewayFactory, upstream: Any, frontend: str
+) -> None:
+    gw = start_gateway(base_config(upstream.url, frontend, reload={"watch": False}))
+    running = json.loads(gw.admin("/admin/reload", method="POST")[2])["digest"]
+    changed = dict(gw.config)
+    changed["routes"] = [{"name": "r", "match": {"prefix": "/", "bogus": 1}, "upstream": "nope"}]
+    gw.write(changed)
+    status, headers, body = gw.admin("/admin/reload", method="POST")
+    assert status == 422 and headers["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["type"].endswith("/reload-refused")
+    assert problem["reloaded"] is False and problem["digest"] == running
+    assert len(problem["errors"]) == 2
+    for error in problem["errors"]:
+        assert error.startswith(f"{gw.path}:") and error in problem["detail"]
+    assert any("unknown key 'bogus'" in e for e in problem["errors"])
+    assert any("'nope' is not in `upstreams`" in e for e in problem["errors"])
+
+
 def test_admin_api_off_without_token(start_gateway: GatewayFactory) -> None:
     gw = start_gateway(env={"GATEWAY_ADMIN_TOKEN": ""})
     assert gw.admin("/admin/config")[0] == 404
