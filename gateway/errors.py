@@ -61,10 +61,15 @@ class ConfigIssue:
 
 
 class ConfigError(GatewayError):
-    """A policy file could not be loaded; ``issues`` lists every problem found."""
+    """A policy file could not be loaded; ``issues`` lists every problem found.
 
-    def __init__(self, issues: list[ConfigIssue]) -> None:
+    ``digest`` is that of the refused text when it was read (else empty), so a reload
+    can tell the same bad file seen twice from a new one.
+    """
+
+    def __init__(self, issues: list[ConfigIssue], digest: str = "") -> None:
         self.issues = issues
+        self.digest = digest
         super().__init__("\n".join(str(i) for i in issues))
 
 

@@ -101,6 +101,7 @@ class Runtime:
         #: Why the last reload was refused (``FILE:LINE:COL: message`` lines, as
         #: ``gateway check`` prints them); empty once a reload succeeds.
         self.reload_errors: list[str] = []
+        self._refusal: tuple[str, list[str]] | None = None  # (digest, errors) last counted
         self._commit(self._prepare(loaded))
         self.metrics.config_info.labels(loaded.digest).set(1)
 
@@ -240,30 +241,31 @@ class Runtime:
     async def reload(self) -> bool:
         """Load the file again and swap the snapshot; False (old one kept) on any error."""
         async with self._reload_lock:
+            loaded: LoadedConfig | None = None
             try:
                 loaded = self._load()
                 if loaded.digest == self._digest:
-                    self.reload_errors = []
+                    self.reload_errors, self._refusal = [], None
                     return True
                 prepared = self._prepare(loaded)
             except ConfigError as exc:
-                self.metrics.reloads.labels("failure").inc()
-                self.reload_errors = [str(issue) for issue in exc.issues]
-                log.error("reload of %s failed; keeping the running config:\n%s", self.path, exc)
+                digest = loaded.digest if loaded is not None else exc.digest
+                if self._refused(digest, [str(issue) for issue in exc.issues]):
+                    log.error(
+                        "reload of %s failed; keeping the running config:\n%s", self.path, exc
+                    )
                 return False
             except Exception as exc:
-                self.metrics.reloads.labels("failure").inc()
-                self.reload_errors = [f"{self.path}: {type(exc).__name__}: {exc}"]
-                log.exception("reload of %s failed; keeping the running config", self.path)
+                digest = loaded.digest if loaded is not None else ""
+                if self._refused(digest, [f"{self.path}: {type(exc).__name__}: {exc}"]):
+                    log.exception("reload of %s failed; keeping the running config", self.path)
                 return False
             try:
                 await self._start_policies(prepared.snapshot)
             except Exception as exc:
-                self.metrics.reloads.labels("failure").inc()
-                self.reload_errors = [
-                    f"{self.path}: the new config failed to start: {type(exc).__name__}: {exc}"
-                ]
-                log.exception("reload: the new config failed to start; keeping the running one")
+                error = f"{self.path}: the new config failed to start: {type(exc).__name__}: {exc}"
+                if self._refused(loaded.digest, [error]):
+                    log.exception("reload: the new config failed to start; keeping the running one")
                 await self._stop_policies(prepared.snapshot)
                 self._release(prepared.new_stores, prepared.fresh_pools)
                 return False
@@ -279,10 +281,22 @@ class Runtime:
             self.metrics.config_info.clear()
             self.metrics.config_info.labels(loaded.digest).set(1)
             self.metrics.reloads.labels("success").inc()
-            self.reload_errors = []
+            self.reload_errors, self._refusal = [], None
             log.info("reloaded %s (config %s)", self.path, loaded.digest)
             self._retire_snapshot(old)
             return True
+
+    def _refused(self, digest: str, errors: list[str]) -> bool:
+        """Count a refused reload; False (count and log nothing) when it is the refusal
+        last counted: the same file refused for the same reasons, as when SIGHUP and the
+        watcher both see one bad edit. Another attempt is still made each time, since a
+        file the policy file refers to (a JWKS) may have been fixed in between."""
+        self.reload_errors = errors
+        if self._refusal == (digest, errors):
+            return False
+        self._refusal = (digest, errors)
+        self.metrics.reloads.labels("failure").inc()
+        return True
 
     def _fingerprint(self) -> tuple[float, int, str]:
         """Changes when the file or the symlink it resolves through changes."""

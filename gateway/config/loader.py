@@ -321,7 +321,20 @@ def _check_references(data: Any, positions: Positions) -> list[ConfigIssue]:
     return issues
 
 
+def digest_of(text: str) -> str:
+    """The short content hash of a policy file (``gateway_config_info``, reloads)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def load_text(text: str, file: str = "<config>") -> tuple[GatewayConfig, Positions]:
+    try:
+        return _load_text(text, file)
+    except ConfigError as exc:
+        exc.digest = digest_of(text)
+        raise
+
+
+def _load_text(text: str, file: str) -> tuple[GatewayConfig, Positions]:
     data, positions, issues = parse_yaml(text, file)
     if data is None and not issues:
         issues = [ConfigIssue(file, 1, 1, "the file is empty")]
@@ -358,5 +371,4 @@ def load_file(path: str | Path) -> LoadedConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue(str(path), 1, 1, f"cannot read the file: {exc}")]) from exc
     config, positions = load_text(text, str(path))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return LoadedConfig(config, positions, path, digest)
+    return LoadedConfig(config, positions, path, digest_of(text))
