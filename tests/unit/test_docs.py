@@ -57,3 +57,29 @@ def test_every_key_has_a_description(schema: dict[str, Any]) -> None:
         if not (isinstance(sub, dict) and str(sub.get("description", "")).strip())
     )
     assert not bare, f"schema properties without a description: {bare}"
+
+
+OPERATIONS = DOC.with_name("operations.md")
+
+
+def test_operations_names_only_created_series_that_exist() -> None:
+    import re
+
+    from gateway.observability.metrics import Metrics
+
+    rendered = Metrics().render().decode()
+    named = set(re.findall(r"gateway_\w+_created", OPERATIONS.read_text(encoding="utf-8")))
+    assert named, "operations.md gives an example of a _created series"
+    missing = sorted(n for n in named if not re.search(rf"^{n}[{{ ]", rendered, re.MULTILINE))
+    assert not missing, f"operations.md names series the gateway does not export: {missing}"
+
+
+def test_operations_says_which_supervisor_series_are_exported() -> None:
+    # It said the supervisor's series were not exported, and a refused reload only logged.
+    from gateway.frontends.workers_admin import SUPERVISOR_SERIES
+
+    text = OPERATIONS.read_text(encoding="utf-8")
+    for family in SUPERVISOR_SERIES:
+        assert f'{family.decode()}{{worker="supervisor"' in text, family
+    assert "series are not exported" not in text
+    assert "a refused reload is only logged" not in text
