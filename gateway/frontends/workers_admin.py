@@ -5,7 +5,6 @@ See :mod:`gateway.frontends.native_workers` for the design."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.admin.app import bearer_matches
 from gateway.errors import problem_body
 from gateway.frontends.workers_protocol import ADMIN_TIMEOUT, AdminAnswer, AdminCall, Combiner
 from gateway.observability.metrics import Metrics
@@ -196,7 +196,7 @@ def _authorized(scope: Any, token: str | None) -> bool:
     for name, value in scope["headers"]:
         if name == b"authorization":
             given = value
-    return hmac.compare_digest(given, f"Bearer {token}".encode())
+    return bearer_matches(given.decode("latin-1"), token)
 
 
 async def _read_body(receive: Any) -> bytes:
