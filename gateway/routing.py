@@ -96,20 +96,26 @@ class Route:
             return {}
         return None
 
+    def match_host(self, host: bytes) -> bool:
+        """The host condition alone: a route without one matches every host (an empty
+        one too); a route with one never matches an empty host."""
+        if self._host is None and self._host_suffix is None:
+            return True
+        name = host.decode("latin-1").lower()
+        if name.startswith("["):
+            name = name[: name.find("]") + 1]
+        else:
+            name = name.rpartition(":")[0] or name
+        # "secret.example." is the fully qualified spelling of "secret.example".
+        name = _without_root_dot(name)
+        if self._host is not None and name != self._host:
+            return False
+        return self._host_suffix is None or name.endswith(self._host_suffix)
+
     def match_rest(self, host: bytes, headers: Headers) -> bool:
         """Host and header conditions (everything but path and method)."""
-        if self._host is not None or self._host_suffix is not None:
-            name = host.decode("latin-1").lower()
-            if name.startswith("["):
-                name = name[: name.find("]") + 1]
-            else:
-                name = name.rpartition(":")[0] or name
-            # "secret.example." is the fully qualified spelling of "secret.example".
-            name = _without_root_dot(name)
-            if self._host is not None and name != self._host:
-                return False
-            if self._host_suffix is not None and not name.endswith(self._host_suffix):
-                return False
+        if (self._host is not None or self._host_suffix is not None) and not self.match_host(host):
+            return False
         for key, want in self._headers:
             got = find_header(headers, key)
             if got is None or (want is not None and got != want):

@@ -82,6 +82,8 @@ class Snapshot:
     #: a route with one leaves it to its cache policy). None: nothing to invalidate.
     caches: CacheHub | None = None
     cached_routes: frozenset[Route] = frozenset()
+    #: The same routes in file order, for :meth:`_cacheable`.
+    cache_scopes: tuple[Route, ...] = ()
 
     async def dispatch(self, exchange: Exchange, *, upgrade_gate: bool = False) -> Response:
         """Route and run the chain; every failure becomes a problem+json response.
@@ -131,6 +133,7 @@ class Snapshot:
             self.caches is not None
             and exchange.method not in SAFE_METHODS
             and route not in self.cached_routes
+            and self._cacheable(exchange)
         ):
             return self._invalidating(route, exchange, self.caches)
         prelude = route.prelude
@@ -143,6 +146,17 @@ class Snapshot:
                 return self.failed(exchange, exc)
         assert route.handler is not None
         return route.handler
+
+    def _cacheable(self, exchange: Exchange) -> bool:
+        """Whether a route with a cache could serve this request's path to its host: an
+        unsafe request that none could (another tenant's host, a path outside every
+        cached route) invalidates nothing and pays for no wrapper."""
+        path = exchange.path
+        host = exchange.host
+        for route in self.cache_scopes:
+            if route.match_host(host) and route.match_path(path) is not None:
+                return True
+        return False
 
     def _invalidating(
         self, route: Route, exchange: Exchange, caches: CacheHub
@@ -251,11 +265,15 @@ def build_snapshot(
         route.prelude = build_prelude(chain, levels)
         route.policy_names = [p.label for p in chain]
         route.policies = chain
+        for policy in chain:
+            if isinstance(policy, CachePolicy):
+                policy.scope = route  # it invalidates only what this route could serve
         routes.append(route)
         all_policies.extend(chain)
     if issues:
         raise ConfigError(issues)
     caches = [p for p in all_policies if isinstance(p, CachePolicy)]
+    cached = [r for r in routes if any(isinstance(p, CachePolicy) for p in r.policies)]
     return Snapshot(
         config=config,
         router=Router(routes),
@@ -265,9 +283,8 @@ def build_snapshot(
         digest=digest,
         trusted=trusted,
         caches=caches[0].hub if caches else None,
-        cached_routes=frozenset(
-            r for r in routes if any(isinstance(p, CachePolicy) for p in r.policies)
-        ),
+        cached_routes=frozenset(cached),
+        cache_scopes=tuple(cached),
     )
 
 

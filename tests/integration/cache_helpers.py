@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -68,6 +69,18 @@ def purge(gw: Gateway, doc: dict[str, Any], token: str | None = ADMIN_TOKEN) -> 
         return response.status, json.loads(response.read() or b"null")
     finally:
         conn.close()
+
+
+def request_without_host(gw: Gateway, method: str, path: str) -> tuple[int, bytes]:
+    """(status, body) of an HTTP/1.0 request with no ``Host`` field (http.client always
+    sends one)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
 def count(body: bytes) -> int:

@@ -13,6 +13,7 @@ from tests.integration.cache_helpers import (
     count,
     fail,
     purge,
+    request_without_host,
     resource,
     stats,
 )
@@ -175,6 +176,69 @@ def test_unsafe_methods_invalidate_through_a_route_without_a_cache(
         )
         == 1
     )
+
+
+def tenants_config(upstream: Upstream, frontend: str) -> dict[str, Any]:
+    """Two hosts' routes with a cache each (keyed without the host, the default), the
+    first for reads only, then a catch-all without a cache for every host."""
+    config = base_config(upstream.url, frontend)
+    config["routes"] = [
+        {
+            "name": "tenant-a",
+            "match": {"prefix": "/cache/r", "host": "a.example", "methods": ["GET", "HEAD"]},
+            "upstream": "app",
+            "policies": {"cache": {}},
+        },
+        {
+            "name": "tenant-b",
+            "match": {"prefix": "/cache/r", "host": "b.example"},
+            "upstream": "app",
+            "policies": {"cache": {}},
+        },
+        {"name": "everything-else", "match": {"prefix": "/"}, "upstream": "app"},
+    ]
+    return config
+
+
+def test_an_unsafe_request_invalidates_only_caches_whose_route_could_serve_it(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    """A write to one host must not empty the cache of another host's route."""
+    gw = start_gateway(tenants_config(upstream, frontend))
+    name, path = resource(cc="max-age=60")
+    _, other = resource(cc="max-age=60")
+    a = {"Host": "a.example"}
+    for p in (path, other):
+        assert count(gw.request("GET", p, headers=a)[2]) == 1
+    fail(upstream, name, "none", location=other)
+    # Through b.example's cached route, and through the catch-all for another host.
+    assert gw.request("POST", path, headers={"Host": "b.example"})[0] == 204
+    assert gw.request("POST", path, headers={"Host": "c.example"})[0] == 204
+    for p in (path, other):
+        headers, body = gw.request("GET", p, headers=a)[1:]
+        assert headers["cache-status"].startswith("gateway; hit") and count(body) == 1
+    # c.example's request could reach no cache: it paid for no invalidation.
+    decisions = gw.metric("gateway_policy_decisions_total", route="everything-else")
+    assert decisions == 0
+    # a.example's own write (its route takes reads only) drops both.
+    assert gw.request("POST", path, headers=a)[0] == 204
+    assert count(gw.request("GET", path, headers=a)[2]) == 2
+    assert count(gw.request("GET", other, headers=a)[2]) == 2
+
+
+def test_a_request_without_host_invalidates_no_hosts_entries(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    """Only an admin purge drops a URL under every host of a cache keyed by host."""
+    gw = start_gateway(reads_config(upstream, frontend, {"key": {"host": True}}))
+    _, path = resource(cc="max-age=60")
+    a = {"Host": "a.example"}
+    assert count(gw.request("GET", path, headers=a)[2]) == 1
+    assert count(request_without_host(gw, "GET", path)[1]) == 2  # stored without a host
+    assert request_without_host(gw, "POST", path)[0] == 204
+    headers, body = gw.request("GET", path, headers=a)[1:]
+    assert headers["cache-status"].startswith("gateway; hit") and count(body) == 1
+    assert count(request_without_host(gw, "GET", path)[1]) == 3  # its own entry went
 
 
 def test_a_304_may_make_the_entry_unstorable(

@@ -88,3 +88,14 @@ def test_glob_regex() -> None:
     assert regex.match("/a/b/c") and regex.match("/a/b/b/c") and regex.match("/xyz")
     assert not regex.match("/a/b/cd") and not regex.match("/y")
     assert glob_regex([]) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"/plain?q=/../", b"/public/%2e%2E/admin?x=1", b"/public/..%2Fadmin", b"/a//b", b"/a%20b"],
+)
+def test_an_invalidated_url_is_routed_as_its_request_was(raw: bytes) -> None:
+    from gateway.policies.cache.invalidation import routed_path
+
+    exchange = Exchange("POST", raw, [], "127.0.0.1")
+    assert routed_path(exchange.raw_target.decode("latin-1")) == exchange.path

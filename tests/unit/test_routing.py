@@ -118,3 +118,14 @@ def test_exact_host_matches_its_fqdn_spelling(host: bytes) -> None:
 def test_configured_host_with_a_trailing_dot() -> None:
     router = Router([route("secret", prefix="/", host="secret.example.")])
     assert router.match("GET", "/x", b"secret.example", []).route is not None
+
+
+def test_host_condition_alone() -> None:
+    """What an invalidation after an unsafe request asks of a cached route's host."""
+    anywhere = route("anywhere", prefix="/")
+    one = route("one", prefix="/", host="a.example")
+    wildcard = route("wildcard", prefix="/", host="*.example")
+    assert anywhere.match_host(b"") and anywhere.match_host(b"b.example")
+    assert one.match_host(b"A.example.:8080") and not one.match_host(b"b.example")
+    assert wildcard.match_host(b"x.example") and not wildcard.match_host(b"example")
+    assert not one.match_host(b"") and not wildcard.match_host(b"")  # no Host: no host route

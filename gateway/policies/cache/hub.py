@@ -6,8 +6,9 @@ reloads), so two runtimes side by side never share one. It holds:
 
 * the in-process tiers, shared by a route's old and new policy during a reload and kept
   when the route's cache config did not change (a reload does not empty the cache);
-* the live cache policies, to which every invalidation is applied (also those after an
-  unsafe request to a route without a cache, which the snapshot hands here);
+* the live cache policies, to which every invalidation is applied: an admin purge to
+  all of them, one after an unsafe request (also to a route without a cache, which the
+  snapshot hands here) to those whose route could have served its URL to its host;
 * one pub/sub subscription per shared store (Redis subscriptions cannot be undone, so
   they are made once per process, not once per snapshot);
 * the ban list and the replicated *ban log*: each admin purge is also written under a
@@ -53,12 +54,18 @@ class SharedTier(KeyValue, Counters, PubSub, Protocol):
 
 
 class CacheTarget(Protocol):
-    """What the hub needs of a live cache policy."""
+    """What the hub needs of a live cache policy.
+
+    ``invalidate_local(inv, origin=, purge=)`` applies one invalidation to the policy's
+    tiers: ``purge`` for an admin purge (every cache; no host: every host), otherwise
+    the one after an unsafe request, which the policy skips unless its route could have
+    served the URL to that host.
+    """
 
     @property
     def horizon(self) -> float: ...
 
-    async def invalidate_local(self, inv: Invalidation, *, origin: bool) -> int: ...
+    async def invalidate_local(self, inv: Invalidation, *, origin: bool, purge: bool) -> int: ...
 
 
 @dataclass
@@ -201,8 +208,10 @@ class CacheHub:
 
     async def after_unsafe(self, exchange: Exchange, response: Response) -> int:
         """Invalidate what a non-error answer to an unsafe request changed (RFC 9111 §4.4,
-        :func:`unsafe_targets`) in every live cache, whichever route served it; the
-        number of URLs."""
+        :func:`unsafe_targets`), whichever route served it, in each live cache whose
+        route could have served that URL to the request's host (each cache decides, in
+        :meth:`CacheTarget.invalidate_local`, here and on every replica); the number of
+        URLs."""
         urls = unsafe_targets(exchange, response)
         host = exchange.host.decode("latin-1") or None
         now = self.clock()
@@ -218,7 +227,7 @@ class CacheHub:
             self.bans.add(inv, inv.time + self.horizon, now)
         removed = 0
         for target in list(self._targets):
-            removed += await target.invalidate_local(inv, origin=origin)
+            removed += await target.invalidate_local(inv, origin=origin, purge=ban)
         self._count.labels(inv.kind, source).inc()
         return removed
 

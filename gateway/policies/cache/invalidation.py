@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 
-from gateway.exchange import Exchange, Response
+from gateway.exchange import Exchange, Response, normalize_target
 from gateway.policies.cache.entry import Entry
 from gateway.policies.cache.keys import glob_regex
 
@@ -152,3 +152,13 @@ def unsafe_targets(exchange: Exchange, response: Response) -> list[str]:
             if other is not None:
                 urls.append(other)
     return list(dict.fromkeys(urls))
+
+
+def routed_path(url: str) -> str:
+    """The path a router matches for ``url`` (``path?query`` as an invalidation names
+    it): percent-decoded, dot segments resolved and slashes merged, as for a request
+    (:func:`gateway.exchange.normalize_target`)."""
+    path = url.partition("?")[0].encode("latin-1")
+    if path[:1] == b"/" and (b"%" in path or b"/." in path or b"//" in path):
+        return normalize_target(path)[1]
+    return path.decode("latin-1")

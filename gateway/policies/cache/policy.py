@@ -30,7 +30,7 @@ from gateway.policies.cache.config import CacheConfig
 from gateway.policies.cache.entry import Entry, Settings
 from gateway.policies.cache.fill import Filler
 from gateway.policies.cache.hub import CacheHub, SharedTier
-from gateway.policies.cache.invalidation import Invalidation, Matcher
+from gateway.policies.cache.invalidation import Invalidation, Matcher, routed_path
 from gateway.policies.cache.keys import KeyBuilder
 from gateway.policies.cache.memory import MemoryTier
 from gateway.policies.cache.request import Ask, asks_nothing, fresh_for, select
@@ -39,6 +39,7 @@ from gateway.policies.cache.rules import NO_RULES, SAFE_METHODS
 from gateway.policies.cache.stats import CacheStats
 from gateway.policies.cache.status import FWD_METHOD, FWD_REQUEST, FWD_URI_MISS, FWD_VARY_MISS
 from gateway.policies.cache.tiers import Tiers
+from gateway.routing import Route
 from gateway.stores import Counters, KeyValue, PubSub, Stores
 from gateway.stores.guard import StoreGuard
 from gateway.types import Clock, Handler
@@ -108,6 +109,10 @@ class CachePolicy(Policy[CacheConfig]):
         )  # fmt: skip
         self.revalidator = Revalidator(self.filler, self.background)
         self._next: Handler | None = None
+        #: The route whose chain holds this policy, set when the snapshot is built: an
+        #: invalidation after an unsafe request applies only to URLs it could serve.
+        #: None (a policy built on its own): every URL.
+        self.scope: Route | None = None
         self._matchers: dict[str, Matcher] = {}
         self._honor = config.request_cache_control == "honor"
         self._observing = self.shadow  # mode: shadow (read once: the config is frozen)
@@ -253,18 +258,25 @@ class CachePolicy(Policy[CacheConfig]):
         count = await self.hub.after_unsafe(exchange, response)
         exchange.decide(self.name, "invalidate", str(count))
 
-    async def invalidate_local(self, inv: Invalidation, *, origin: bool) -> int:
+    async def invalidate_local(self, inv: Invalidation, *, origin: bool, purge: bool) -> int:
         """Apply an invalidation to this policy's tiers; the number of URLs/variants dropped.
 
         ``origin``: this replica issued it, so the shared tier's key is deleted too
-        (other replicas only drop their in-process copies).
+        (other replicas only drop their in-process copies). ``purge``: an admin purge,
+        whose URL without a host drops that URL under every host. Otherwise it follows
+        an unsafe request (always a URL): skipped unless this cache's route could have
+        served the URL to the request's host (so a request to one tenant's route never
+        empties another's cache), and a request without ``Host`` reaches only what was
+        stored without one.
         """
         l1 = self.tiers.l1
         if inv.kind != "url":
             return l1.remove_where(self._matcher(inv)) if l1 is not None else 0
+        if not purge and not self._could_serve(inv):
+            return 0
         url = self.keys.url(inv.value.encode("latin-1"))
         removed = 0
-        if self.keys.use_host and inv.host is None:
+        if self.keys.use_host and inv.host is None and purge:
             if l1 is not None:
                 removed = sum(l1.delete(k) for k in l1.keys_for_url(url))
             return removed
@@ -274,6 +286,16 @@ class CachePolicy(Policy[CacheConfig]):
         if origin and self.shared is not None and await self.tiers.delete(primary):
             removed = max(removed, 1)
         return removed
+
+    def _could_serve(self, inv: Invalidation) -> bool:
+        """Whether this cache's route could have served ``inv``'s URL to its host: its
+        host and path conditions (its header conditions do not narrow it: the headers
+        of the requests that filled the cache are not known here)."""
+        route = self.scope
+        if route is None:
+            return True
+        host = inv.host.encode("latin-1") if inv.host else b""
+        return route.match_host(host) and route.match_path(routed_path(inv.value)) is not None
 
     def _matcher(self, inv: Invalidation) -> Matcher:
         matcher = self._matchers.get(inv.id)
