@@ -260,6 +260,29 @@ def test_a_304_may_make_the_entry_unstorable(
         assert stats(upstream, name)["requests"] == 3
 
 
+def test_a_request_that_revalidates_cannot_remove_the_entry(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    """RFC 9111 §5.2.1.5: a request's no-store does not apply to the stored response; nor
+    does its Authorization. Its 304 is merged for it alone and the entry stays as it was."""
+    gw = start_gateway(cache_config(upstream, frontend))
+    for asked, reason in (
+        ({"Cache-Control": "no-cache, no-store"}, "request-no-store"),
+        ({"Cache-Control": "no-cache", "Authorization": "Bearer x"}, "authorization"),
+    ):
+        name, path = resource(cc="max-age=60", etag="1")
+        gw.request("GET", path)
+        status, headers, body = gw.request("GET", path, headers=asked)
+        assert status == 200 and count(body) == 1
+        _, params = cache_status(headers["cache-status"])
+        assert params["fwd-status"] == "304" and params["detail"] == reason
+        assert "stored" not in params
+        headers, body = gw.request("GET", path)[1:]
+        assert headers["cache-status"].startswith("gateway; hit") and count(body) == 1
+        seen = stats(upstream, name)
+        assert seen["requests"] == 2 and seen["not_modified"] == 1
+
+
 def test_a_304_that_changes_vary_selects_the_variant_anew(
     start_gateway: GatewayFactory, upstream: Upstream, frontend: str
 ) -> None:

@@ -133,15 +133,23 @@ class Revalidator:
         """``entry`` updated by the 304 (``received``) that answered ``exchange``
         (RFC 9111 §4.3.4), and why it was not stored (None: it was).
 
-        The merged response is judged as a new one: a 304 may make it ``no-store`` or
-        ``private`` (§3, §5.2.2.5, §5.2.2.7), then ``entry`` is dropped; or change its
-        ``Vary``, then it is stored as the variant the new ``Vary`` selects for this
-        request, in place of ``entry``.
+        The merged response is judged as a new one, on what the response says: a 304
+        may make it ``no-store`` or ``private`` (§3, §5.2.2.5, §5.2.2.7), then ``entry``
+        is dropped; or change its ``Vary``, then it is stored as the variant the new
+        ``Vary`` selects for this request, in place of ``entry``. What the request
+        says (its ``no-store``, its ``Authorization``) keeps the merged response from
+        being stored but leaves ``entry`` as it was: a request's ``no-store`` "does not
+        apply to the already stored response" (§5.2.1.5), and any client may send one.
         """
         filler = self.filler
         headers = merged_headers(entry.headers, received, response_time)
         facts = response_facts(entry.status, headers)
-        reason = not_storable(
+        unstorable = not_storable(
+            "GET", facts, NO_RULES, authorization=False, heuristics=entry.heuristics,
+            store_set_cookie=filler.store_set_cookie,
+        )  # fmt: skip
+        # Only the request's no-store and Authorization rules can object now.
+        not_now = unstorable or not_storable(
             "GET", facts, rules, authorization=exchange.header(b"authorization") is not None,
             heuristics=entry.heuristics, store_set_cookie=filler.store_set_cookie,
         )  # fmt: skip
@@ -162,9 +170,11 @@ class Revalidator:
             heuristics=entry.heuristics,
             settings=self.settings,
         )
-        if reason is not None:
+        if unstorable is not None:
             await self.tiers.delete(primary)
-            return fresh, reason
+            return fresh, unstorable
+        if not_now is not None:
+            return fresh, not_now
         in_l1, in_l2 = await self.tiers.put(primary, fresh, response_time)
         return fresh, None if in_l1 or in_l2 else "unavailable"
 
