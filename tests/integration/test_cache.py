@@ -345,6 +345,25 @@ def test_key_headers_are_named_in_vary(
         assert miss["vary"] == hit["vary"] == expected
 
 
+def test_key_headers_are_named_in_the_vary_of_what_is_not_stored(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    """A cache downstream may store what this one passes through: it must keep the
+    variants of the key headers apart too."""
+    gw = start_gateway(cache_config(upstream, frontend, {"key": {"headers": ["Accept-Language"]}}))
+    for params, method, expected in (
+        ({"cc": "no-store"}, "GET", "Accept-Language"),
+        ({"cc": "max-age=60, private", "vary": "Accept-Encoding"}, "GET",
+         "Accept-Encoding, Accept-Language"),
+        ({"cc": "no-store", "vary": "accept-language"}, "GET", "accept-language"),
+        ({}, "GET", "Accept-Language"),  # no freshness
+        ({"cc": "max-age=60"}, "HEAD", "Accept-Language"),  # only GETs are stored
+    ):  # fmt: skip
+        _, path = resource(**params)
+        headers = gw.request(method, path, headers={"Accept-Language": "fr"})[1]
+        assert "stored" not in headers["cache-status"] and headers["vary"] == expected
+
+
 def test_admin_purges(start_gateway: GatewayFactory, upstream: Upstream, frontend: str) -> None:
     gw = start_gateway(cache_config(upstream, frontend))
     paths = {}

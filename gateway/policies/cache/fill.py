@@ -195,8 +195,10 @@ class Filler:
             cs = answers.status(fwd=fwd, ttl=ttl, stored=True)
             response.headers = answers.outgoing(self.keys.with_vary(response.headers), cs)
         else:
+            # Not stored here, but a cache downstream may store it: it must keep the
+            # variants of the key headers apart too.
             cs = answers.status(fwd=fwd, detail=reason)
-            response.headers = answers.outgoing(response.headers, cs)
+            response.headers = answers.outgoing(self.keys.with_vary(response.headers), cs)
         return response
 
     async def consider(
