@@ -241,6 +241,24 @@ def test_a_request_without_host_invalidates_no_hosts_entries(
     assert count(request_without_host(gw, "GET", path)[1]) == 3  # its own entry went
 
 
+def test_safe_methods_beyond_rfc_9110_do_not_invalidate(
+    start_gateway: GatewayFactory, upstream: Upstream, frontend: str
+) -> None:
+    """QUERY, PROPFIND and REPORT only read: a 2xx to them drops nothing, through a route
+    with a cache (b.example: its cache policy) or without (a.example: the catch-all)."""
+    gw = start_gateway(tenants_config(upstream, frontend))
+    _, path = resource(cc="max-age=60")
+    hosts = ({"Host": "a.example"}, {"Host": "b.example"})
+    for n, host in enumerate(hosts, 1):
+        assert count(gw.request("GET", path, headers=host)[2]) == n
+    for method in ("QUERY", "PROPFIND", "REPORT"):
+        for host in hosts:
+            assert gw.request(method, path, headers=host)[0] == 204
+    for n, host in enumerate(hosts, 1):
+        assert count(gw.request("GET", path, headers=host)[2]) == n
+    assert gw.metric("gateway_cache_invalidations_total", source="unsafe") == 0
+
+
 def test_a_304_may_make_the_entry_unstorable(
     start_gateway: GatewayFactory, upstream: Upstream, frontend: str
 ) -> None:

@@ -28,8 +28,10 @@ HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410
 UNDERSTOOD_STATUSES = frozenset(
     {200, 203, 204, 300, 301, 302, 303, 307, 308, 400, 403, 404, 405, 410, 414, 451, 501}
 )
-#: RFC 9110 §9.2.1: safe methods; every other method invalidates on success (§4.4).
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: Safe methods: RFC 9110 §9.2.1's, QUERY (draft-ietf-httpbis-safe-method-w-body) and
+#: WebDAV's PROPFIND and REPORT (RFC 4918 §9.1, RFC 3253 §3.6), which only read; every
+#: other method invalidates on success (RFC 9111 §4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "QUERY", "PROPFIND", "REPORT"})
 #: The RFC's suggested heuristic: a fraction of the time since Last-Modified.
 HEURISTIC_FRACTION = 0.1
 
