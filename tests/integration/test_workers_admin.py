@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from gateway.frontends import workers_admin
 from gateway.frontends.workers_admin import combine_cache_status, combine_purge
 from gateway.frontends.workers_protocol import AdminAnswer
 from tests.integration.cache_helpers import cache_config, purge, resource, stats
@@ -214,3 +215,15 @@ def test_the_cache_status_sums_the_workers_and_survives_a_silent_one() -> None:
     assert combine_cache_status([0, 1], [None, None]).status == 504
     empty = combine_cache_status([0, 1], [status(), status()])
     assert json.loads(empty.body)["policies"] == []
+
+
+@pytest.mark.parametrize(
+    ("value", "forwarded"),
+    [(b"Bearer s3cret", True), (b"bearer s3cret", True), (b"BEARER  s3cret", True),
+     (b"Bearer wrong", False), (b"Basic s3cret", False), (b"", False)],
+)  # fmt: skip
+def test_a_call_is_forwarded_to_the_workers_whatever_the_scheme_case(
+    value: bytes, forwarded: bool
+) -> None:
+    scope = {"headers": [(b"host", b"h"), (b"authorization", value)]}
+    assert workers_admin._authorized(scope, "s3cret") is forwarded
