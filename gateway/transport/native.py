@@ -27,9 +27,9 @@ import ssl
 
 from gateway.config.models import Upstream
 from gateway.errors import UpstreamConnectError
-from gateway.exchange import ByteStream, Response, find_header
+from gateway.exchange import ByteStream, Response, find_all, find_header
 from gateway.transport.base import Target, UpstreamRequest
-from gateway.transport.native_conn import INF, Connection, Stale
+from gateway.transport.native_conn import INF, Connection, Stale, websocket_accept
 from gateway.transport.native_pool import Pool
 from gateway.transport.native_streams import Incoming
 from gateway.types import Headers
@@ -96,13 +96,19 @@ class NativeTransport:
         data = b"".join(lines)
 
         skip_body = request.method == "HEAD"
+        accept: bytes | None = None
+        upgrade = request.upgrade
+        if upgrade:
+            keys = find_all(headers, b"sec-websocket-key")
+            if len(keys) == 1:  # else no 101 can answer it (RFC 6455 4.2.1)
+                accept = websocket_accept(keys[0])
         conn = pool.take_idle(now)
         if conn is None:
             conn = await pool.acquire(deadline, timeouts.connect, False)
             now = loop.time()
         retried = False
         while True:
-            head = conn.begin(data, skip_body, request.upgrade, timeouts.read, deadline, now)
+            head = conn.begin(data, skip_body, upgrade, timeouts.read, deadline, now, accept)
             if tail is not None:
                 conn.transport.write(tail)
             consumed = False

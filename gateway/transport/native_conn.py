@@ -19,6 +19,8 @@ against the upstream's read timeout.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 #: Timers may fire up to a clock tick early; deadlines closer than this count as reached.
 SLACK = 0.001
 INF = float("inf")
+#: RFC 6455 4.2.2: the GUID appended to Sec-WebSocket-Key before hashing.
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class Stale(Exception):
@@ -84,6 +88,7 @@ class Connection(asyncio.Protocol):
         "timer_at",
         "transport",
         "upgraded",
+        "want_accept",
         "want_upgrade",
         "write_paused",
     )
@@ -103,6 +108,7 @@ class Connection(asyncio.Protocol):
         self.got_bytes = False
         self.skip_body = False
         self.want_upgrade = False
+        self.want_accept: bytes | None = None
         self.must_close = False
         self.fresh_parser = False
         self.head: asyncio.Future[Incoming] | None = None
@@ -133,8 +139,12 @@ class Connection(asyncio.Protocol):
         read_timeout: float,
         deadline: float,
         now: float,
+        accept: bytes | None = None,
     ) -> asyncio.Future[Incoming]:
-        """Write the request head (and small body); the future resolves with the response."""
+        """Write the request head (and small body); the future resolves with the response.
+
+        ``upgrade`` says the request is a WebSocket upgrade; ``accept`` is the
+        ``Sec-WebSocket-Accept`` a ``101`` to it must carry (:func:`websocket_accept`)."""
         if self.fresh_parser:
             self.parser = HttpResponseParser(self)
             self.fresh_parser = False
@@ -144,6 +154,7 @@ class Connection(asyncio.Protocol):
         self.got_bytes = False
         self.skip_body = skip_body
         self.want_upgrade = upgrade
+        self.want_accept = accept
         self.must_close = False
         self.failure = None
         self.requests += 1
@@ -338,6 +349,7 @@ class Connection(asyncio.Protocol):
             if not parser.should_upgrade():
                 self.failure = "101 Switching Protocols without Upgrade and Connection: upgrade"
                 raise _Abort
+            self._check_handshake()
             self.current = Incoming(self, 101, self.reason, self.headers)
             return
         incoming = Incoming(self, status, self.reason, self.headers)
@@ -380,6 +392,34 @@ class Connection(asyncio.Protocol):
         hop-by-hop and removed)."""
         if _codings(coding) != [b"chunked"]:
             self.failure = f"transfer coding {coding.decode('latin-1')!r} is not decoded"
+            raise _Abort
+
+    def _check_handshake(self) -> None:
+        """Refuse a ``101`` that does not complete the WebSocket handshake asked for.
+
+        RFC 6455 4.1: ``Upgrade: websocket`` and the ``Sec-WebSocket-Accept`` derived
+        from the request's key. Only then has the upstream agreed to the protocol the
+        route's policies saw; anything else (``h2c``, a replayed or missing accept) would
+        open a tunnel nobody checked."""
+        upgrade: bytes | None = None
+        accept: bytes | None = None
+        accepts = 0
+        for name, value in self.headers:
+            size = len(name)
+            if size == 7 and name.lower() == b"upgrade":
+                upgrade = value if upgrade is None else b""
+            elif size == 20 and name.lower() == b"sec-websocket-accept":
+                accept = value
+                accepts += 1
+        if upgrade is None or upgrade.strip(b" \t").lower() != b"websocket":
+            self.failure = "101 Switching Protocols to something other than websocket"
+            raise _Abort
+        want = self.want_accept
+        if want is None:
+            self.failure = "101 Switching Protocols to a WebSocket request without a key"
+            raise _Abort
+        if accepts != 1 or accept is None or accept.strip(b" \t") != want:
+            self.failure = "101 Switching Protocols with a wrong Sec-WebSocket-Accept"
             raise _Abort
 
     def _complete(self, incoming: Incoming, keep_alive: bool) -> None:
@@ -446,6 +486,11 @@ class Connection(asyncio.Protocol):
             at = deadline
         self.timer = self.loop.call_at(at, self._on_timer)
         self.timer_at = at
+
+
+def websocket_accept(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` that answers ``Sec-WebSocket-Key`` ``key`` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.strip(b" \t") + WS_GUID).digest())
 
 
 def _codings(value: bytes) -> list[bytes]:

@@ -38,7 +38,7 @@ from gateway.errors import (
 from gateway.exchange import Response
 from gateway.transport.base import Target, UpstreamRequest
 from gateway.transport.native import NativeTransport
-from gateway.transport.native_conn import Connection
+from gateway.transport.native_conn import Connection, websocket_accept
 from gateway.transport.native_streams import HIGH_WATER, Incoming
 from gateway.types import Headers
 from tests.integration.harness import free_port
@@ -1003,8 +1003,7 @@ def test_refused_upgrade_is_an_ordinary_response(run: Runner[None]) -> None:
 
         async with Server(handler) as server:
             t = transport(server.url)
-            headers = [(b"host", b"h"), (b"upgrade", b"echo"), (b"connection", b"upgrade")]
-            response = await t.send(request(server.url, headers=headers, upgrade=True))
+            response = await t.send(request(server.url, headers=WS_HEADERS, upgrade=True))
             assert (response.status, response.upgraded) == (426, None)
             assert await read_body(response) == b"nope"
             await t.close()
@@ -1233,6 +1232,74 @@ def test_tls_verified_with_sni_from_the_target_host(
 
 # --- upgrades -------------------------------------------------------------------------
 
+# RFC 6455 1.3: the example key and the accept value that answers it.
+WS_HEADERS = [
+    (b"host", b"h"),
+    (b"upgrade", b"websocket"),
+    (b"connection", b"upgrade"),
+    (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"sec-websocket-version", b"13"),
+]
+WS_101 = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "headers", "reason"),
+    [
+        # an h2c switch: a tunnel to a protocol no policy understands
+        (b"Upgrade: h2c\r\nConnection: Upgrade\r\n", WS_HEADERS, "other than websocket"),
+        (
+            b"Upgrade: h2c\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n",
+            WS_HEADERS,
+            "other than websocket",
+        ),
+        (b"Upgrade: websocket\r\nConnection: Upgrade\r\n", WS_HEADERS, "Sec-WebSocket-Accept"),
+        (
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n",
+            WS_HEADERS,
+            "Sec-WebSocket-Accept",
+        ),
+        (
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n",
+            WS_HEADERS,
+            "Sec-WebSocket-Accept",
+        ),
+        (
+            WS_101.split(b"\r\n", 1)[1],
+            [h for h in WS_HEADERS if h[0] != b"sec-websocket-key"],
+            "without a key",
+        ),
+    ],
+)
+def test_101_must_complete_the_websocket_handshake(
+    run: Runner[None], answer: bytes, headers: Headers, reason: str
+) -> None:
+    async def main() -> None:
+        async def handler(peer: Peer) -> None:
+            await peer.request()
+            peer.write(b"HTTP/1.1 101 Switching Protocols\r\n" + answer + b"\r\nbytes")
+            await peer.wait_eof()
+
+        async with Server(handler) as server:
+            t = transport(server.url)
+            with pytest.raises(UpstreamProtocolError, match=reason):
+                await t.send(request(server.url, headers=headers, upgrade=True))
+            assert pool_of(t).size == 0
+            await t.close()
+
+    run(main())
+
+
+def test_websocket_accept_is_rfc_6455() -> None:
+    assert websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
 
 def test_upgrade_relays_raw_bytes_and_leaves_the_pool(run: Runner[None]) -> None:
     async def main() -> None:
@@ -1244,10 +1311,7 @@ def test_upgrade_relays_raw_bytes_and_leaves_the_pool(run: Runner[None]) -> None
                 peer.write(OK)
                 await peer.wait_eof()
                 return
-            peer.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n"
-                b"\r\nhello"
-            )
+            peer.write(WS_101 + b"\r\nhello")
             while True:
                 data = await peer.reader.read(65536)
                 if not data:
@@ -1256,11 +1320,10 @@ def test_upgrade_relays_raw_bytes_and_leaves_the_pool(run: Runner[None]) -> None
 
         async with Server(handler) as server:
             t = transport(server.url, max_connections=1)
-            headers = [(b"host", b"h"), (b"upgrade", b"echo"), (b"connection", b"upgrade")]
-            response = await t.send(request(server.url, headers=headers, upgrade=True))
+            response = await t.send(request(server.url, headers=WS_HEADERS, upgrade=True))
             assert response.status == 101
             assert response.reason == b"Switching Protocols"
-            assert (b"Upgrade", b"echo") in response.headers
+            assert (b"Upgrade", b"websocket") in response.headers
             pipe = response.upgraded
             assert pipe is not None
             assert await pipe.read() == b"hello"
