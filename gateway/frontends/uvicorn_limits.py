@@ -254,22 +254,29 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 return  # the connection is refused: what follows is never parsed
             if self._deadline_kind == IDLE:  # the client talks: its head is due in time
                 self._set_deadline(HEAD, header_timeout)
-            was_head, was_idle, begins = self._in_head, not self._in_message, self._begins
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
-                if self._should_upgrade():
-                    self.handle_websocket_upgrade()
-                else:
-                    self._unsupported_upgrade_warning()
-                return
-            except httptools.HttpParserError as exc:
-                # As the native front-end: the parser's own reason is the detail.
-                reject = self._reject or response_bytes(
-                    bad_request(str(exc) or "the request is not valid HTTP/1.1")
-                )
-                self._refuse(reject)
-                return
+            while True:
+                was_head, was_idle, begins = self._in_head, not self._in_message, self._begins
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserUpgrade as exc:
+                    if self._should_upgrade():
+                        self.handle_websocket_upgrade()
+                        return
+                    # Not a WebSocket upgrade: the request is served as a plain one (the
+                    # forwarding step drops its Upgrade), so what follows it is the next
+                    # request, as on the native front-end.
+                    data = data[exc.args[0] :]
+                    if data and self._refusal is None:
+                        continue
+                    return
+                except httptools.HttpParserError as exc:
+                    # As the native front-end: the parser's own reason is the detail.
+                    reject = self._reject or response_bytes(
+                        bad_request(str(exc) or "the request is not valid HTTP/1.1")
+                    )
+                    self._refuse(reject)
+                    return
+                break
             if self._in_head:
                 # on_header runs only once a line is complete: bound the unfinished head.
                 if (was_head and self._begins == begins) or (

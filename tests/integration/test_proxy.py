@@ -240,8 +240,19 @@ def test_h2c_upgrade_is_a_plain_request(
     assert first.startswith(b"HTTP/1.1 502"), data
     assert b"application/problem+json" in first.lower()
     assert b"101" not in first.split(b"\r\n")[0]
-    # What followed the upgrade request is routed (no route: 404), or never read.
-    assert b"HTTP/1.1 200" not in rest and b"HTTP/1.1 101" not in rest, data
+    # What followed the upgrade request is the next request: routed (no route: 404).
+    assert b"HTTP/1.1 101" not in rest, data
+    assert rest.count(b"HTTP/1.1 404") == 1, data
+
+    # An h2c upgrade and a pipelined request in one write: both are answered.
+    with raw_connection(gw.port) as sock:
+        sock.sendall(
+            f"GET /echo/one HTTP/1.1\r\nHost: h\r\n{H2C_UPGRADE}\r\n".encode()
+            + b"GET /echo/two HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        data = read_until_close(sock)
+    assert data.count(b"HTTP/1.1 200") == 2, data
+    assert b'"/echo/one"' in data and b'"/echo/two"' in data, data
 
 
 def test_host_with_a_trailing_dot_takes_its_host_route(
