@@ -107,6 +107,14 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._header_count = 0
             self._chunked = False
             self._has_body = False
+            # The trailer section of a chunked body, bounded as the native front-end
+            # bounds it: open after a chunk-size line until the chunk's data or the end
+            # of the message; the complete fields and the unfinished line together take
+            # at most max_header_size bytes.
+            self._trailer_open = False
+            self._trailer_fresh = False  # a line ended in the read being parsed
+            self._trailer_pending = 0  # bytes of the unfinished trailer line
+            self._trailer_size = 0  # bytes of the complete trailer fields
             self._hosts = 0  # Host lines in the head
             self._host = b""  # the last one's value
             self._in_head = False  # between on_message_begin and on_headers_complete
@@ -277,7 +285,9 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                     self._refuse(reject)
                     return
                 break
-            if self._in_head:
+            if self._trailer_open:
+                self._unfinished_trailer(data)
+            elif self._in_head:
                 # on_header runs only once a line is complete: bound the unfinished head.
                 if (was_head and self._begins == begins) or (
                     was_idle and self._begins == begins + 1
@@ -292,6 +302,26 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 if self._head_bytes > head_bound:
                     detail = f"the request head is larger than {head_bound} bytes"
                     self._refuse(response_bytes(too_large(detail)))
+
+        def _unfinished_trailer(self, data: bytes) -> None:
+            # httptools buffers a trailer line until it ends: in the read where a line
+            # ended, the unfinished one is what follows its last LF; later reads count whole.
+            if self._trailer_fresh:
+                self._trailer_fresh = False
+                self._trailer_pending = len(data) - data.rfind(b"\n") - 1
+            else:
+                self._trailer_pending += len(data)
+            if self._trailer_size + self._trailer_pending > max_header_size:
+                detail = f"the trailer fields exceed {max_header_size} bytes"
+                self._refuse(response_bytes(too_large(detail)))
+
+        def on_chunk_header(self) -> None:
+            # Trailer fields only follow the last chunk-size line: the counts start here.
+            self._trailer_open = self._trailer_fresh = True
+            self._trailer_pending = self._trailer_size = 0
+
+        def on_chunk_complete(self) -> None:
+            self._trailer_open = False
 
         def _raise(self, answer: bytes) -> NoReturn:
             self._reject = answer
@@ -320,6 +350,17 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 self._raise(error_bytes(414, "uri-too-long", "URI Too Long", detail))
 
         def on_header(self, name: bytes, value: bytes) -> None:
+            if not self._in_head:
+                # A trailer field of a chunked body: counted against its own bound, then
+                # dropped. It is never merged into the header section (RFC 9110 6.5.1),
+                # where it could pose as Host, Authorization or X-Forwarded-For.
+                self._trailer_fresh = True
+                self._trailer_pending = 0
+                self._trailer_size += len(name) + len(value) + 4
+                if self._trailer_size > max_header_size:
+                    detail = f"the trailer fields exceed {max_header_size} bytes"
+                    self._raise(response_bytes(too_large(detail)))
+                return
             self._head_size += len(name) + len(value) + 4
             self._header_count += 1
             if self._head_size > max_header_size:
@@ -327,11 +368,6 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 self._raise(response_bytes(too_large(detail)))
             if self._header_count > max_headers:
                 self._raise(response_bytes(too_large(f"more than {max_headers} header fields")))
-            if not self._in_head:
-                # A trailer field of a chunked body: counted against the limits, then
-                # dropped. It is never merged into the header section (RFC 9110 6.5.1),
-                # where it could pose as Host, Authorization or X-Forwarded-For.
-                return
             name = name.lower()
             size = len(name)
             if size == 4:
@@ -447,6 +483,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             return url
 
         def on_body(self, body: bytes) -> None:
+            self._trailer_open = False
             if self._deadline_kind == BODY:  # the next piece is due within body_timeout
                 self._deadline = self.loop.time() + body_timeout
             if self.parser.should_upgrade() and self._should_upgrade():
@@ -460,7 +497,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             cycle.message_event.set()
 
         def on_message_complete(self) -> None:
-            self._in_message = False
+            self._in_message = self._trailer_open = False
             if self._deadline_kind == BODY:
                 self._deadline_kind = 0
             if self.parser.should_upgrade() and self._should_upgrade():

@@ -717,6 +717,43 @@ def test_oversized_head_in_one_read_is_refused(start_gateway: GatewayFactory) ->
     keeps_serving(gw, 1)
 
 
+CHUNKED_HEAD = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("reads", ["trickle", "one"])
+def test_endless_trailer_line_is_refused(start_gateway: GatewayFactory, reads: str) -> None:
+    """A trailer line that never ends: httptools buffers it, so it is bounded as a head."""
+    gw = start_gateway(limits={"max_header_size": "4KiB", "header_timeout": "10s"})
+    with raw_connection(gw.port) as sock:
+        start = CHUNKED_HEAD + b"3\r\nabc\r\n0\r\nX-Ok: 1\r\nX-Endless: "
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if reads == "one":
+                sock.sendall(start + b"v" * 65536)
+            else:
+                sock.sendall(start)
+                for _ in range(64):
+                    sock.sendall(b"v" * 1024)
+                    time.sleep(0.01)
+        answer = refused_promptly(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:300]
+    assert b"trailer fields exceed 4096 bytes" in answer, answer
+    keeps_serving(gw, 1)
+
+
+def test_chunk_framing_is_not_counted_as_trailer(start_gateway: GatewayFactory) -> None:
+    """Thousands of one-byte chunks in one read: the size lines are not a trailer."""
+    gw = start_gateway(limits={"max_header_size": "4KiB"})
+    body = b"".join(b"1\r\n%c\r\n" % (97 + i % 26) for i in range(4000))
+    with raw_connection(gw.port) as sock:
+        wire = Wire(sock)
+        # The trailer fields themselves stay within the bound: 3 KiB of them.
+        trailer = b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 500) for i in range(6))
+        wire.send(CHUNKED_HEAD + body + b"0\r\n" + trailer + b"\r\n")
+        reply = wire.read()
+        assert reply.status == 200, reply.head
+        assert reply.json()["body_length"] == 4000
+
+
 def test_stalled_request_body_is_cut(start_gateway: GatewayFactory) -> None:
     gw = start_gateway(limits={"body_timeout": "1s"})
     with raw_connection(gw.port, timeout=8) as sock:
