@@ -62,15 +62,46 @@ class WorkerLink(Protocol):
 class _Uvicorn(uvicorn.Server):
     """A uvicorn server whose signals are ours: the gateway orders its own shutdown."""
 
+    #: ``shutdown.drain_timeout`` as given (uvicorn's own setting is whole seconds).
+    drain_timeout = 0.0
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's graceful shutdown, with the exact drain deadline and a quiet cut.
+
+        At the deadline, the requests still running are cancelled (each is closed
+        without an answer and logged as ``DRAIN_CUT``) and given a moment to write
+        their access lines, rather than cut with uvicorn's error line and a traceback.
+        """
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        state = self.server_state
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.drain_timeout):
+                while (state.connections or state.tasks) and not self.force_exit:
+                    await asyncio.sleep(0.05)
+        tasks = list(state.tasks)
+        if tasks:
+            log.warning("drain deadline: %d request(s) still open are cut", len(tasks))
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
+        for server in self.servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
 def uvicorn_server(app: object, address: str, config: GatewayConfig, *, proxy: bool) -> _Uvicorn:
     host, port = split_host_port(address)
     limits = config.limits
-    return _Uvicorn(
+    server = _Uvicorn(
         uvicorn.Config(
             app,  # type: ignore[arg-type]
             host=host,
@@ -90,6 +121,8 @@ def uvicorn_server(app: object, address: str, config: GatewayConfig, *, proxy: b
             proxy_headers=False,
         )
     )
+    server.drain_timeout = config.shutdown.drain_timeout
+    return server
 
 
 def bind_socket(address: str, *, reuse_port: bool) -> socket.socket:

@@ -14,7 +14,7 @@ from typing import Any
 from gateway.edge import problem_response
 from gateway.errors import ClientGone, UpstreamBodyError
 from gateway.exchange import Exchange, Response
-from gateway.frontends.common import body_allowed, finish, framed_headers
+from gateway.frontends.common import DRAIN_CUT, body_allowed, finish, framed_headers
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
@@ -115,6 +115,10 @@ class GatewayApp:
                 except ClientGone:
                     status = 499
                     return
+                except asyncio.CancelledError:
+                    if runtime.draining:  # the drain deadline cut it before any answer
+                        status = DRAIN_CUT
+                    raise
                 except Exception as exc:
                     response = exchange.answered(snapshot.failed(exchange, exc))
             status = response.status

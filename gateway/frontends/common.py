@@ -17,6 +17,10 @@ log = logging.getLogger("gateway")
 
 _background: set[asyncio.Task[None]] = set()
 
+#: The status logged for a request still unanswered when the drain deadline cuts its
+#: connection: the gateway closed it (no answer is sent), not the client (499).
+DRAIN_CUT = 503
+
 
 def body_allowed(method: str, status: int) -> bool:
     return not (method == "HEAD" or status in (204, 304) or 100 <= status < 200)

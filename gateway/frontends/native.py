@@ -44,6 +44,7 @@ class NativeFrontend:
         self.reuse_port = reuse_port
         self.connections: set[HttpConnection] = set()
         self.draining = False
+        self.cutting = False  # the drain deadline passed: what is still open is cut
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._servers: list[asyncio.Server] = []
         self._reaper: asyncio.TimerHandle | None = None
@@ -94,6 +95,7 @@ class NativeFrontend:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._emptied), timeout)
         tasks = [c.task for c in self.connections if c.task is not None]
+        self.cutting = bool(self.connections)
         for conn in list(self.connections):
             conn.abort()
         if tasks:

@@ -26,7 +26,7 @@ import httptools
 
 from gateway.edge import problem_response
 from gateway.exchange import Exchange, Response
-from gateway.frontends.common import finish
+from gateway.frontends.common import DRAIN_CUT, finish
 from gateway.frontends.host_check import usable_host
 from gateway.frontends.native_request import (
     BACKLOG,
@@ -500,6 +500,10 @@ class HttpConnection(asyncio.Protocol):
             except ClientGone:
                 self.abort()
                 return
+            except asyncio.CancelledError:
+                if status == 499 and self.frontend.cutting:
+                    status = DRAIN_CUT  # the drain deadline cut it, not the client
+                raise
             except Exception:
                 log.exception("native front-end: a response failed; connection aborted")
                 self.abort()

@@ -147,6 +147,11 @@ class FastCycle(RequestResponseCycle):
                 # The app logged it in one line; a started response can only be cut.
                 self.transport.close()
                 return
+            if isinstance(exc, asyncio.CancelledError):
+                # Cancelled by the server's shutdown at the drain deadline: the request is
+                # cut as the native front-end cuts it, without an answer or a traceback.
+                self.transport.abort()
+                return
             self.logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
                 await self.send_500_response()

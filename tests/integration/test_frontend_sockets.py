@@ -975,3 +975,22 @@ def test_drain_closes_idle_connections_and_finishes_busy_ones(
         assert busy.closed()
     assert gw.proc.wait(15) == 0
     no_traceback(gw)
+
+
+def test_request_cut_at_the_drain_deadline(start_gateway: GatewayFactory) -> None:
+    gw = start_gateway(shutdown={"pre_stop_delay": "0s", "drain_timeout": "1s"})
+    assert wait_until(lambda: "gateway listening on" in gw.stderr(), timeout=10)
+    with raw_connection(gw.port) as sock:
+        wire = Wire(sock)
+        wire.send(request("GET", "/slow?delay=8"))
+        time.sleep(0.3)
+        gw.send_signal(signal.SIGTERM)
+        # Cut without an answer (no 500), as the native front-end always did.
+        answer = refused_promptly(sock, within=6)
+    assert answer == b"", answer[:300]
+    assert gw.proc.wait(15) == 0
+    no_traceback(gw)
+    # Every process log line is JSON: no uvicorn error line, no traceback.
+    assert all(line.startswith("{") for line in gw.stderr().splitlines()), gw.stderr()
+    (line,) = [doc for doc in gw.access_lines() if doc["path"] == "/slow"]
+    assert line["status"] == 503  # the gateway closed it, not the client (499)
