@@ -339,7 +339,8 @@ class Connection(asyncio.Protocol):
             raise _Abort
         coding = self.coding
         if coding is not None and coding.lower() != b"chunked" and not self.skip_body:
-            self._check_codings(coding)
+            if status >= 200 and status != 204 and status != 304:  # else no body to decode
+                self._check_codings(coding)
         if status < 200:
             if status != 101:
                 return  # interim (100 Continue, 102, 103): skipped

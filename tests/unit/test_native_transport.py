@@ -1389,6 +1389,28 @@ def test_transfer_codings_other_than_chunked_are_refused(run: Runner[None], codi
     run(main())
 
 
+@pytest.mark.parametrize(("status", "method"), [(204, "GET"), (304, "GET"), (200, "HEAD")])
+def test_other_codings_on_a_response_without_body_pass(
+    run: Runner[None], status: int, method: str
+) -> None:
+    async def main() -> None:
+        async def handler(peer: Peer) -> None:
+            while await peer.request() is not None:
+                peer.write(b"HTTP/1.1 %d X\r\nTransfer-Encoding: gzip\r\nETag: \"e\"\r\n\r\n" % status)
+
+        async with Server(handler) as server:
+            t = transport(server.url)
+            # No body, so nothing is left undecoded: relayed as it came.
+            for _ in range(2):
+                response = await t.send(request(server.url, method=method))
+                assert response.status == status
+                assert await read_body(response) == b""
+                assert header(response, b"etag") == b'"e"'
+            await t.close()
+
+    run(main())
+
+
 def test_chunked_in_several_spellings_is_accepted(run: Runner[None]) -> None:
     async def main() -> None:
         async def handler(peer: Peer) -> None:
