@@ -46,6 +46,7 @@ from gateway.frontends.native_request import (
     transfer_coding_refusal,
 )
 from gateway.frontends.native_send import Relay, whole, write_response, write_whole
+from gateway.frontends.upgrade_body import BodyAfterUpgrade, framing_head
 from gateway.transport.headers import is_websocket
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class HttpConnection(asyncio.Protocol):
         "_body_timeout", "_chunked", "_content_length", "_drain_waiter", "_expect",
         "_head_bytes", "_header_timeout", "_headers", "_host", "_hosts", "_hsize",
         "_keepalive_timeout", "_max_head", "_max_header_size", "_max_headers", "_max_line",
-        "_parsing", "_paused", "_rejection", "_trailer_fresh", "_trailer_open",
+        "_parsing", "_paused", "_rejection", "_splice", "_trailer_fresh", "_trailer_open",
         "_trailer_pending", "_trailer_size", "_tunnel", "_upgrade", "_url",
         "_wakeup", "closed", "current", "deadline",
         "deadline_kind", "frontend", "in_head", "loop", "owed", "parse_dead", "parser", "peer",
@@ -125,6 +126,7 @@ class HttpConnection(asyncio.Protocol):
         self._expect = False
         self._upgrade: bytes | None = None  # the Upgrade field; b"" when there are several
         self._tunnel = False  # the last head was a WebSocket upgrade: relay after its 101
+        self._splice = False  # the last head was another upgrade with a body: read it on
         # The trailer section of a chunked body (see _unfinished_trailer): open after a
         # chunk-size line until the chunk's data or the end of the message.
         self._trailer_open = False
@@ -228,8 +230,14 @@ class HttpConnection(asyncio.Protocol):
                     self.upgrade_tail = bytearray(data[exc.args[0] :])
                     return
                 # Not a WebSocket upgrade: the request goes upstream as a plain one (its
-                # Upgrade dropped), so what follows it is the next request.
+                # Upgrade dropped), so what follows it is its body, then the next request.
                 data = data[exc.args[0] :]
+                splice = self._splice  # a local: see data_received
+                if splice:
+                    self._splice = False
+                    parser = httptools.HttpRequestParser(BodyAfterUpgrade(self))
+                    parser.feed_data(framing_head(None if self._chunked else self._content_length))
+                    self.parser = parser
                 if data:
                     began_in_head = False
                     continue
@@ -357,9 +365,13 @@ class HttpConnection(asyncio.Protocol):
         chunked = self._chunked
         has_body = chunked or (length is not None and length > 0)
         if not http11 or self._hosts != 1 or chunked or (has_body and upgrade):
-            refusal = head_refusal(version, self._hosts, chunked, has_body and upgrade)
+            websocket = upgrade and is_websocket(self._upgrade)
+            refusal = head_refusal(version, self._hosts, chunked, has_body and websocket)
             if refusal is not None:
                 self._raise(refusal)
+            # Another upgrade is served as a plain request: its body follows the point
+            # where httptools stops (see _feed).
+            self._splice = has_body and upgrade and not websocket
         if upgrade:
             # Only WebSocket is tunnelled; the forwarding step drops any other Upgrade.
             upgrade = is_websocket(self._upgrade)
@@ -419,12 +431,16 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._trailer_open = False
         parsing = self._parsing
-        self._parsing = None
         if parsing is not None and parsing.body is not None:
+            if self._splice:
+                return  # llhttp ends an upgrade at its head: the body is still to come
+            self._parsing = None
             body = parsing.body
             body.end()
             if body.discarding and self.current is None:
                 self.idle()
+        else:
+            self._parsing = None
 
     # -- body hooks (RequestBody calls these) --------------------------------------------
 

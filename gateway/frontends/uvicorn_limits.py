@@ -48,6 +48,7 @@ from gateway.frontends.native_request import (
     too_large,
     transfer_coding_refusal,
 )
+from gateway.frontends.upgrade_body import BodyAfterUpgrade, framing_head
 from gateway.frontends.uvicorn_cycle import Connection, FastCycle
 
 # What the connection's one deadline is for.
@@ -107,6 +108,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._header_count = 0
             self._chunked = False
             self._has_body = False
+            self._content_length = 0
             # The trailer section of a chunked body, bounded as the native front-end
             # bounds it: open after a chunk-size line until the chunk's data or the end
             # of the message; the complete fields and the unfinished line together take
@@ -116,6 +118,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._trailer_pending = 0  # bytes of the unfinished trailer line
             self._trailer_size = 0  # bytes of the complete trailer fields
             self._hosts = 0  # Host lines in the head
+            self._splice = False  # a non-WebSocket upgrade with a body: read it on
             self._host = b""  # the last one's value
             self._in_head = False  # between on_message_begin and on_headers_complete
             self._in_message = False  # between on_message_begin and on_message_complete
@@ -271,9 +274,15 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                         self.handle_websocket_upgrade()
                         return
                     # Not a WebSocket upgrade: the request is served as a plain one (the
-                    # forwarding step drops its Upgrade), so what follows it is the next
-                    # request, as on the native front-end.
+                    # forwarding step drops its Upgrade), so what follows it is its body,
+                    # then the next request, as on the native front-end.
                     data = data[exc.args[0] :]
+                    if self._splice:
+                        self._splice = False
+                        length = None if self._chunked else self._content_length
+                        parser = httptools.HttpRequestParser(BodyAfterUpgrade(self))
+                        parser.feed_data(framing_head(length))
+                        self.parser = parser
                     if data and self._refusal is None:
                         continue
                     return
@@ -336,6 +345,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._header_count = 0
             self._chunked = False
             self._has_body = False
+            self._content_length = 0
             self._hosts = 0
             self._host = b""
             self._in_head = self._in_message = True
@@ -375,8 +385,9 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                     self._hosts += 1
                     self._host = value
             elif size == 14:
-                if name == b"content-length" and value.strip() not in (b"0", b""):
-                    self._has_body = True
+                if name == b"content-length":
+                    self._content_length = int(value)  # httptools checked the digits
+                    self._has_body = self._content_length > 0
             elif size == 17:
                 if name == b"transfer-encoding":
                     # As the native front-end: refused before the app (and the upstream)
@@ -460,10 +471,14 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             """The request target in origin-form, or raise the refusal (as native's)."""
             if method == "CONNECT":
                 self._raise(response_bytes(connect_refusal()))
-            upgrade_body = self._has_body and bool(self.parser.should_upgrade())
-            refusal = head_refusal(version, self._hosts, self._chunked, upgrade_body)
+            upgrade = self._has_body and bool(self.parser.should_upgrade())
+            websocket = upgrade and self._should_upgrade()
+            refusal = head_refusal(version, self._hosts, self._chunked, websocket)
             if refusal is not None:
                 self._raise(response_bytes(refusal))
+            # Another upgrade is served as a plain request: its body follows the point
+            # where httptools stops (see data_received).
+            self._splice = upgrade and not websocket
             url = self.url
             host: bytes | None = self._host if self._hosts else None
             if url[:1] != b"/":
@@ -497,6 +512,8 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             cycle.message_event.set()
 
         def on_message_complete(self) -> None:
+            if self._splice:
+                return  # llhttp ends an upgrade at its head: the body is still to come
             self._in_message = self._trailer_open = False
             if self._deadline_kind == BODY:
                 self._deadline_kind = 0

@@ -255,6 +255,36 @@ def test_h2c_upgrade_is_a_plain_request(
     assert b'"/echo/one"' in data and b'"/echo/two"' in data, data
 
 
+@pytest.mark.parametrize("later", [False, True], ids=["same-packet", "later-packet"])
+def test_h2c_upgrade_with_a_body_is_a_plain_request(gateway: Gateway, later: bool) -> None:
+    # curl --http2 sends a POST with Upgrade: h2c: served as a plain POST, its body read.
+    head = f"POST /echo/up HTTP/1.1\r\nHost: h\r\n{H2C_UPGRADE}Content-Length: 5\r\n\r\n"
+    after = b"GET /echo/next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    with raw_connection(gateway.port) as sock:
+        if later:
+            sock.sendall(head.encode())
+            time.sleep(0.2)
+            sock.sendall(b"hello" + after)
+        else:
+            sock.sendall(head.encode() + b"hello" + after)
+        data = read_until_close(sock)
+    assert data.count(b"HTTP/1.1 200") == 2, data
+    first = json.loads(data.split(b"\r\n\r\n")[1].rpartition(b"}")[0] + b"}")
+    assert (first["method"], first["target"], first["body_length"]) == ("POST", "/echo/up", 5)
+    assert b'"/echo/next"' in data, data
+
+
+def test_websocket_upgrade_with_a_body_is_400(gateway: Gateway) -> None:
+    with raw_connection(gateway.port) as sock:
+        sock.sendall(
+            b"POST /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Content-Length: 3\r\n\r\nabc"
+        )
+        data = read_until_close(sock)
+    assert data.startswith(b"HTTP/1.1 400"), data
+
+
 def test_host_with_a_trailing_dot_takes_its_host_route(
     start_gateway: GatewayFactory, upstream: Any, frontend: str
 ) -> None:

@@ -897,6 +897,48 @@ def test_other_upgrades_are_plain_requests(run: Callable[[Scenario], None]) -> N
     run(scenario)
 
 
+H2C_POST = (b"POST /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [(b"Content-Length: 5\r\n", b"hello"), (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n")],
+    ids=["length", "chunked"],
+)
+@pytest.mark.parametrize("later", [False, True], ids=["same-packet", "later-packet"])
+def test_other_upgrade_with_a_body_is_a_plain_request(
+    run: Callable[[Scenario], None], framing: bytes, body: bytes, later: bool
+) -> None:
+    # curl --http2 sends a POST with Upgrade: h2c. httptools stops at the end of its
+    # head; the body after it is this request's, and what follows is the next request.
+    async def scenario() -> None:
+        async with serving() as gw:
+            client = await gw.connect()
+            head = H2C_POST + framing + b"\r\n"
+            if later:
+                client.send(head)
+                await client.writer.drain()
+                await asyncio.sleep(0.05)
+                client.send(body[:3])
+                await client.writer.drain()
+                await asyncio.sleep(0.05)
+                client.send(body[3:] + get("/next"))
+            else:
+                client.send(head + body + get("/next"))
+            first = await client.reply()
+            assert (first.status, first.body) == (200, b"POST /h2c 5")
+            second = await client.reply()
+            assert (second.status, second.body) == (200, b"GET /next 0")
+            h2c, _ = gw.transport.requests
+            assert not h2c.upgrade
+            client.send(H2C + get("/third"))  # and again, on the parser that took over
+            assert (await client.reply()).body == b"GET /h2c 0"
+            assert (await client.reply()).body == b"GET /third 0"
+
+    run(scenario)
+
+
 def test_101_to_a_plain_request_is_502(run: Callable[[Scenario], None]) -> None:
     async def scenario() -> None:
         upgraded = FakeUpgraded()
