@@ -85,7 +85,8 @@ class _Uvicorn(uvicorn.Server):
         state = self.server_state
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.drain_timeout):
-                while (state.connections or state.tasks) and not self.force_exit:
+                # Polled, as uvicorn does: its server state has no event to wait on.
+                while (state.connections or state.tasks) and not self.force_exit:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         tasks = list(state.tasks)
         if tasks:

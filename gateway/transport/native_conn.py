@@ -338,9 +338,13 @@ class Connection(asyncio.Protocol):
             self.failure = f"status {status} is outside 100-599"
             raise _Abort
         coding = self.coding
-        if coding is not None and coding.lower() != b"chunked" and not self.skip_body:
-            if status >= 200 and status != 204 and status != 304:  # else no body to decode
-                self._check_codings(coding)
+        if (
+            coding is not None
+            and coding.lower() != b"chunked"
+            # A 1xx, 204 or 304 has no body, nor has an answer to HEAD: nothing to decode.
+            and not (self.skip_body or status < 200 or status == 204 or status == 304)
+        ):
+            self._check_codings(coding)
         if status < 200:
             if status != 101:
                 return  # interim (100 Continue, 102, 103): skipped

@@ -903,7 +903,10 @@ H2C_POST = (b"POST /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settin
 
 @pytest.mark.parametrize(
     ("framing", "body"),
-    [(b"Content-Length: 5\r\n", b"hello"), (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n")],
+    [
+        (b"Content-Length: 5\r\n", b"hello"),
+        (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+    ],
     ids=["length", "chunked"],
 )
 @pytest.mark.parametrize("later", [False, True], ids=["same-packet", "later-packet"])

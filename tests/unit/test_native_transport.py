@@ -1396,7 +1396,9 @@ def test_other_codings_on_a_response_without_body_pass(
     async def main() -> None:
         async def handler(peer: Peer) -> None:
             while await peer.request() is not None:
-                peer.write(b"HTTP/1.1 %d X\r\nTransfer-Encoding: gzip\r\nETag: \"e\"\r\n\r\n" % status)
+                peer.write(
+                    b'HTTP/1.1 %d X\r\nTransfer-Encoding: gzip\r\nETag: "e"\r\n\r\n' % status
+                )
 
         async with Server(handler) as server:
             t = transport(server.url)
