@@ -29,6 +29,7 @@ COMPILED = [
     "gateway.frontends.common",
     "gateway.frontends.native",
     "gateway.frontends.native_conn",
+    "gateway.frontends.trailers",
     "gateway.frontends.native_request",
     "gateway.frontends.native_send",
     "gateway.frontends.workers_admin",

@@ -46,6 +46,7 @@ from gateway.frontends.native_request import (
     transfer_coding_refusal,
 )
 from gateway.frontends.native_send import Relay, whole, write_response, write_whole
+from gateway.frontends.trailers import TrailerBound
 from gateway.frontends.upgrade_body import BodyAfterUpgrade, framing_head
 from gateway.transport.headers import is_websocket
 
@@ -75,8 +76,8 @@ class HttpConnection(asyncio.Protocol):
         "_body_timeout", "_chunked", "_content_length", "_drain_waiter", "_expect",
         "_head_bytes", "_header_timeout", "_headers", "_host", "_hosts", "_hsize",
         "_keepalive_timeout", "_max_head", "_max_header_size", "_max_headers", "_max_line",
-        "_parsing", "_paused", "_rejection", "_splice", "_trailer_fresh", "_trailer_open",
-        "_trailer_pending", "_trailer_size", "_tunnel", "_upgrade", "_url",
+        "_parsing", "_paused", "_rejection", "_splice", "_trailers", "_tunnel", "_upgrade",
+        "_url",
         "_wakeup", "closed", "current", "deadline",
         "deadline_kind", "frontend", "in_head", "loop", "owed", "parse_dead", "parser", "peer",
         "queue",
@@ -127,12 +128,7 @@ class HttpConnection(asyncio.Protocol):
         self._upgrade: bytes | None = None  # the Upgrade field; b"" when there are several
         self._tunnel = False  # the last head was a WebSocket upgrade: relay after its 101
         self._splice = False  # the last head was another upgrade with a body: read it on
-        # The trailer section of a chunked body (see _unfinished_trailer): open after a
-        # chunk-size line until the chunk's data or the end of the message.
-        self._trailer_open = False
-        self._trailer_fresh = False  # a line ended in the read being parsed
-        self._trailer_pending = 0  # bytes of the unfinished trailer line
-        self._trailer_size = 0
+        self._trailers = TrailerBound(self._max_header_size)
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -251,27 +247,10 @@ class HttpConnection(asyncio.Protocol):
                 if self._head_bytes > self._max_head:
                     detail = f"the request head is larger than {self._max_head} bytes"
                     self._reject(too_large(detail))
-            trailer_open = self._trailer_open  # a local: see data_received
-            if trailer_open:
-                self._unfinished_trailer(data)
+            trailers = self._trailers
+            if trailers.open and trailers.fed(data):
+                self._reject(too_large(trailers.detail()))
             return
-
-    def _unfinished_trailer(self, data: bytes) -> None:
-        """Bound the trailer line httptools buffers until it ends, as the head's.
-
-        Called after a read that left a chunked body's trailer section open (or a chunk
-        whose data has not come yet, where nothing is unfinished). In the read where a
-        line ended, the unfinished line is what follows its last LF; later reads are
-        counted whole. With the complete trailer fields, it may take at most
-        ``max_header_size`` bytes."""
-        if self._trailer_fresh:
-            self._trailer_fresh = False
-            self._trailer_pending = len(data) - data.rfind(b"\n") - 1
-        else:
-            self._trailer_pending += len(data)
-        if self._trailer_size + self._trailer_pending > self._max_header_size:
-            detail = f"the trailer fields exceed {self._max_header_size} bytes"
-            self._reject(too_large(detail))
 
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
         rejection, self._rejection = self._rejection, None
@@ -306,7 +285,11 @@ class HttpConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
-            self._trailer(name, value)
+            # A trailer field of a chunked body: dropped, never merged into the header
+            # section (RFC 9110 6.5.1), so it reaches neither routing nor the upstream.
+            trailers = self._trailers
+            if trailers.field(name, value):
+                self._raise(too_large(trailers.detail()))
             return
         self._headers.append((name, value))
         size = len(name)
@@ -331,18 +314,6 @@ class HttpConnection(asyncio.Protocol):
                 self._upgrade = value if self._upgrade is None else b""
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect = True
-
-    def _trailer(self, name: bytes, value: bytes) -> None:
-        """A trailer field of a chunked body (httptools reports it after the head): dropped.
-
-        RFC 9110 6.5.1: never merged into the header section, so it reaches neither the
-        request's headers, nor routing, nor the upstream. Bounded on its own by as many
-        bytes as the header fields may take (``max_header_size``), not by their count."""
-        self._trailer_fresh = True
-        self._trailer_pending = 0
-        self._trailer_size += len(name) + len(value) + 4
-        if self._trailer_size > self._max_header_size:
-            self._raise(too_large(f"the trailer fields exceed {self._max_header_size} bytes"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -406,16 +377,13 @@ class HttpConnection(asyncio.Protocol):
             self.pause(BACKLOG)
 
     def on_chunk_header(self) -> None:
-        # A chunk-size line ended: its data follows, or (after the last one) the trailer
-        # section. Trailer fields only follow the last one, so the counts start here.
-        self._trailer_open = self._trailer_fresh = True
-        self._trailer_pending = self._trailer_size = 0
+        self._trailers.chunk_header()
 
     def on_chunk_complete(self) -> None:
-        self._trailer_open = False
+        self._trailers.open = False
 
     def on_body(self, data: bytes) -> None:
-        self._trailer_open = False
+        self._trailers.open = False
         parsing = self._parsing
         assert parsing is not None and parsing.body is not None
         body = parsing.body
@@ -429,7 +397,7 @@ class HttpConnection(asyncio.Protocol):
             self.pause(BODY_FULL)
 
     def on_message_complete(self) -> None:
-        self._trailer_open = False
+        self._trailers.open = False
         parsing = self._parsing
         if parsing is not None and parsing.body is not None:
             if self._splice:

@@ -48,6 +48,7 @@ from gateway.frontends.native_request import (
     too_large,
     transfer_coding_refusal,
 )
+from gateway.frontends.trailers import TrailerBound
 from gateway.frontends.upgrade_body import BodyAfterUpgrade, framing_head
 from gateway.frontends.uvicorn_cycle import Connection, FastCycle
 
@@ -110,13 +111,8 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._has_body = False
             self._content_length = 0
             # The trailer section of a chunked body, bounded as the native front-end
-            # bounds it: open after a chunk-size line until the chunk's data or the end
-            # of the message; the complete fields and the unfinished line together take
-            # at most max_header_size bytes.
-            self._trailer_open = False
-            self._trailer_fresh = False  # a line ended in the read being parsed
-            self._trailer_pending = 0  # bytes of the unfinished trailer line
-            self._trailer_size = 0  # bytes of the complete trailer fields
+            # bounds it (gateway.frontends.trailers).
+            self._trailers = TrailerBound(max_header_size)
             self._hosts = 0  # Host lines in the head
             self._splice = False  # a non-WebSocket upgrade with a body: read it on
             self._host = b""  # the last one's value
@@ -294,8 +290,10 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                     self._refuse(reject)
                     return
                 break
-            if self._trailer_open:
-                self._unfinished_trailer(data)
+            trailers = self._trailers
+            if trailers.open:
+                if trailers.fed(data):
+                    self._refuse(response_bytes(too_large(trailers.detail())))
             elif self._in_head:
                 # on_header runs only once a line is complete: bound the unfinished head.
                 if (was_head and self._begins == begins) or (
@@ -312,25 +310,11 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                     detail = f"the request head is larger than {head_bound} bytes"
                     self._refuse(response_bytes(too_large(detail)))
 
-        def _unfinished_trailer(self, data: bytes) -> None:
-            # httptools buffers a trailer line until it ends: in the read where a line
-            # ended, the unfinished one is what follows its last LF; later reads count whole.
-            if self._trailer_fresh:
-                self._trailer_fresh = False
-                self._trailer_pending = len(data) - data.rfind(b"\n") - 1
-            else:
-                self._trailer_pending += len(data)
-            if self._trailer_size + self._trailer_pending > max_header_size:
-                detail = f"the trailer fields exceed {max_header_size} bytes"
-                self._refuse(response_bytes(too_large(detail)))
-
         def on_chunk_header(self) -> None:
-            # Trailer fields only follow the last chunk-size line: the counts start here.
-            self._trailer_open = self._trailer_fresh = True
-            self._trailer_pending = self._trailer_size = 0
+            self._trailers.chunk_header()
 
         def on_chunk_complete(self) -> None:
-            self._trailer_open = False
+            self._trailers.open = False
 
         def _raise(self, answer: bytes) -> NoReturn:
             self._reject = answer
@@ -364,12 +348,9 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 # A trailer field of a chunked body: counted against its own bound, then
                 # dropped. It is never merged into the header section (RFC 9110 6.5.1),
                 # where it could pose as Host, Authorization or X-Forwarded-For.
-                self._trailer_fresh = True
-                self._trailer_pending = 0
-                self._trailer_size += len(name) + len(value) + 4
-                if self._trailer_size > max_header_size:
-                    detail = f"the trailer fields exceed {max_header_size} bytes"
-                    self._raise(response_bytes(too_large(detail)))
+                trailers = self._trailers
+                if trailers.field(name, value):
+                    self._raise(response_bytes(too_large(trailers.detail())))
                 return
             self._head_size += len(name) + len(value) + 4
             self._header_count += 1
@@ -498,7 +479,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             return url
 
         def on_body(self, body: bytes) -> None:
-            self._trailer_open = False
+            self._trailers.open = False
             if self._deadline_kind == BODY:  # the next piece is due within body_timeout
                 self._deadline = self.loop.time() + body_timeout
             if self.parser.should_upgrade() and self._should_upgrade():
@@ -514,7 +495,7 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
         def on_message_complete(self) -> None:
             if self._splice:
                 return  # llhttp ends an upgrade at its head: the body is still to come
-            self._in_message = self._trailer_open = False
+            self._in_message = self._trailers.open = False
             if self._deadline_kind == BODY:
                 self._deadline_kind = 0
             if self.parser.should_upgrade() and self._should_upgrade():
