@@ -30,6 +30,7 @@ from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, split_host_port
 from gateway.frontends.asgi import GatewayApp
 from gateway.frontends.uvicorn_limits import limited_protocol
+from gateway.launch import take_early_reload
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
@@ -240,6 +241,8 @@ class Signals:
         for sig in self._STOP:
             self._loop.add_signal_handler(sig, stop)
         self._loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        # One that came while the process was still starting (gateway.launch) is kept.
+        self._pending_reload = take_early_reload()
 
     def _on_hup(self) -> None:
         if not self._ready:

@@ -9,14 +9,26 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.conftest import GatewayFactory
-from tests.integration.harness import BROKEN_CONFIG, Gateway, per_worker, wait_until
+from tests.integration.harness import (
+    BROKEN_CONFIG,
+    Gateway,
+    base_config,
+    free_port,
+    per_worker,
+    stop_process,
+    wait_for_port,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -241,3 +253,31 @@ def test_sighup_as_soon_as_the_ports_answer(start_gateway: GatewayFactory, worke
         assert gw.proc.poll() is None, f"killed by SIGHUP (exit {gw.proc.returncode})"
         assert gw.admin("/readyz", token=None)[0] == 200
         gw.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_while_the_process_still_starts(tmp_path: Path, workers: int) -> None:
+    """Before the gateway's handlers are in place (imports, loading the file), a SIGHUP
+    is noted, not fatal: the process comes up and serves. (The interpreter's own start,
+    before gateway.launch runs, is the one window left: the delays stay past it.)"""
+    port, admin = free_port(), free_port()
+    config = base_config("http://127.0.0.1:9", "native", workers=workers)
+    config.update(listen=f"127.0.0.1:{port}", admin=f"127.0.0.1:{admin}")
+    config["reload"] = {"watch": False}
+    config["shutdown"] = {"pre_stop_delay": "0s", "drain_timeout": "1s"}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for delay in (0.1, 0.2):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # stop_process signals the group, workers included
+        )
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGHUP)
+            wait_for_port(admin, proc)
+            assert proc.poll() is None, f"killed by SIGHUP (exit {proc.returncode})"
+        finally:
+            stop_process(proc)

@@ -1,4 +1,7 @@
+import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,28 @@ def test_store_that_cannot_be_built_is_a_config_error(
     assert main(["check", str(config)]) == 1
     err = capsys.readouterr().err
     assert "stores.s" in err and "service_name" in err and "Traceback" not in err
+
+
+def test_a_sighup_before_the_handlers_is_kept_for_one_reload() -> None:
+    from gateway import launch
+    from gateway.server import Signals
+
+    before = signal.signal(signal.SIGHUP, launch._note)
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # delivered here: noted, not fatal
+
+        async def install() -> bool:
+            signals = Signals(lambda: None, _no_reload)
+            try:
+                return signals._pending_reload
+            finally:
+                signals.undo()
+
+        assert asyncio.run(install()) is True
+        assert launch.take_early_reload() is False  # taken once
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+async def _no_reload() -> None:
+    return None
