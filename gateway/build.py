@@ -48,6 +48,7 @@ COMPILED = [
     "gateway.policies.cache.tiers",
     "gateway.policies.concurrency.policy",
     "gateway.policies.concurrency.slots",
+    "gateway.policies.rate_limit.admit",
     "gateway.policies.rate_limit.algorithms",
     "gateway.policies.rate_limit.fields",
     "gateway.policies.rate_limit.keys",

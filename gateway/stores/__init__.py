@@ -7,7 +7,8 @@ Capabilities:
 * :class:`Scripts`: ``run(name, keys, args)``: an atomic server-side operation
   (a Lua file in ``lua/`` on Redis, a registered Python function in memory);
 * :class:`StartsScripts`: ``start(name, keys, args)``: a script's call sent at once,
-  from synchronous code, when the store can (a Redis store's own connection);
+  from synchronous code, when the store can (a Redis store's own connection); and
+  ``on_reply(call, hook)``: the call's reply handed to ``hook`` as soon as it is read;
 * :class:`PubSub`: ``publish`` / ``subscribe`` (invalidation between replicas).
 
 Every call raises :class:`gateway.errors.StoreError` on failure or after the store's
@@ -64,6 +65,13 @@ class StartsScripts(Protocol):
         without awaiting (then ``run`` it). The caller may drop the future unawaited
         (its request went away): a failure set on it must not be logged as never
         retrieved."""
+        ...
+
+    def on_reply(self, call: Awaitable[object], hook: Callable[[object], None]) -> bool:
+        """Have ``hook(reply)`` called from the callback that reads ``call``'s reply,
+        before ``call`` resolves, so that the caller's next step need not wait for its
+        task to wake up; only for a reply that is not an error. False when the store
+        cannot for this call."""
         ...
 
 

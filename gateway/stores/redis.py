@@ -191,6 +191,15 @@ class RedisStore:
             return None
         return resp.start_script(sha, self._scripts[name], keys, args)
 
+    def on_reply(self, call: Awaitable[object], hook: Callable[[object], None]) -> bool:
+        """Have ``hook(reply)`` called as soon as ``call``'s reply is read, before ``call``
+        resolves (:meth:`RespClient.on_reply`); False when it cannot be (a call that is
+        not a pending future of the store's own client), and only ``call`` will tell."""
+        resp = self.resp
+        if resp is None or not isinstance(call, asyncio.Future):
+            return False
+        return resp.on_reply(call, hook)
+
     async def _load_and_run(
         self, resp: RespClient, name: str, keys: Sequence[str], args: Sequence[ScriptArg]
     ) -> object:

@@ -28,14 +28,17 @@ shared by the calls that arrive while it is in progress.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from gateway.errors import ReplyError, StoreError
 from gateway.stores.resp_codec import Arg, ProtocolError, Reply, RespParser, bulks, encode
+
+log = logging.getLogger("gateway.stores")
 
 #: Timers may fire up to a clock tick early; deadlines closer than this count as reached.
 SLACK = 0.001
@@ -71,6 +74,15 @@ def _fail(future: asyncio.Future[Reply], exc: Exception) -> None:
     future.exception()
 
 
+def _call_hook(hook: Callable[[Reply], None], reply: Reply) -> None:
+    """A reply's hook, from the read callback: its failure is logged, and the replies
+    after it are still answered."""
+    try:
+        hook(reply)
+    except Exception:
+        log.exception("a store reply's hook failed")
+
+
 class _Connection(asyncio.Protocol):
     """One connection; pending commands wait in ``waiters``, deadlines in ``deadlines``."""
 
@@ -80,6 +92,7 @@ class _Connection(asyncio.Protocol):
         "closed",
         "deadlines",
         "fallbacks",
+        "hooks",
         "loop",
         "lost",
         "made",
@@ -100,6 +113,9 @@ class _Connection(asyncio.Protocol):
         # Per waiter: the command to send instead if the reply is NOSCRIPT (an EVAL for
         # an EVALSHA), so that a script call needs no coroutine around its future.
         self.fallbacks: deque[tuple[Arg, ...] | None] = deque()
+        # Per waiter, when its caller asked (``RespClient.on_reply``): what to call with
+        # the reply from this callback, before its future resolves.
+        self.hooks: dict[asyncio.Future[Reply], Callable[[Reply], None]] = {}
         self.batch: list[bytes] = []  # commands to write at the end of this loop iteration
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport  # set by connection_made
@@ -179,13 +195,21 @@ class _Connection(asyncio.Protocol):
             deadlines.popleft()
             fallback = fallbacks.popleft()
             if future.done():  # its caller was cancelled
+                if self.hooks:
+                    self.hooks.pop(future, None)
                 continue
             if type(reply) is ReplyError:
                 if fallback is not None and reply.code == "NOSCRIPT" and not self.closed:
                     self._queue(encode(fallback), future, None)  # replies keep their order
                     continue
+                if self.hooks:
+                    self.hooks.pop(future, None)
                 _fail(future, reply)
             else:
+                if self.hooks:
+                    hook = self.hooks.pop(future, None)
+                    if hook is not None:
+                        _call_hook(hook, reply)
                 future.set_result(reply)
 
     def eof_received(self) -> None:
@@ -223,6 +247,7 @@ class _Connection(asyncio.Protocol):
 
     def _fail_pending(self, message: str) -> None:
         self.batch.clear()
+        self.hooks.clear()
         waiters = self.waiters
         self.deadlines.clear()
         self.fallbacks.clear()
@@ -281,6 +306,19 @@ class RespClient:
             return None
         data, fallback = self._script_command(sha, script, keys, args)
         return conn.send(data, fallback)
+
+    def on_reply(self, future: asyncio.Future[Reply], hook: Callable[[Reply], None]) -> bool:
+        """Have ``hook(reply)`` called from the read callback that parses ``future``'s
+        reply, just before the future resolves with it: what the caller does next can
+        start there, not once its task has woken up. Not called for an error reply, or
+        when the call fails or times out; a NOSCRIPT answered by its ``EVAL`` calls it
+        with the ``EVAL``'s reply. False when ``future`` is not a pending call on the
+        open connection (it is done, or the connection is not open)."""
+        conn = self._conn
+        if conn is None or conn.closed or future.done():
+            return False
+        conn.hooks[future] = hook
+        return True
 
     def _script_command(
         self, sha: bytes, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]

@@ -8,6 +8,7 @@ in :mod:`gateway.errors`. Tests fake this seam instead of patching the network.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -66,8 +67,9 @@ class UpstreamRequest:
 class Transport(Protocol):
     name: str
 
-    async def send(self, request: UpstreamRequest) -> Response:
-        """Send ``request``; return the response with its body streaming.
+    def send(self, request: UpstreamRequest) -> Awaitable[Response]:
+        """Send ``request``; the response with its body streaming (an ``async def`` will
+        do).
 
         Raises UpstreamConnectError, UpstreamTimeout or UpstreamProtocolError when no
         response head arrived. A body that breaks later raises UpstreamBodyError from

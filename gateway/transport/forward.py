@@ -9,6 +9,7 @@ believed only from ``trusted_proxies``), and framing is recomputed.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from gateway.config.models import Upstream
@@ -24,7 +25,8 @@ from gateway.transport.headers import (
     is_websocket,
     upgrade_value,
 )
-from gateway.types import Handler, Headers
+from gateway.transport.native import NativeTransport, Outgoing
+from gateway.types import Headers
 
 if TYPE_CHECKING:
     from gateway.observability.metrics import Metrics
@@ -208,57 +210,111 @@ def response_headers(response: Response) -> None:
     response.headers.append(_VIA)
 
 
-def make_forwarder(
-    pool: UpstreamPool, trusted: tuple[IPNetwork, ...], metrics: Metrics | None
-) -> Handler:
-    """The terminal handler of every chain on routes to ``pool``."""
-    transport = pool.transport
-    timeouts = pool.config.timeouts
-    host_mode = pool.config.host_header
-    observe = metrics.upstream_observer(pool.name) if metrics is not None else None
-    count_error = metrics.upstream_error_counter(pool.name) if metrics is not None else None
+class Armed:
+    """A request prepared by :meth:`Forwarder.arm`: fired (written upstream) by whoever
+    admits it, then completed by :meth:`Forwarder.send_armed`."""
 
-    single = len(pool.targets) == 1
-    only = pool.targets[0]
-    perf_counter = time.perf_counter
+    __slots__ = ("index", "outgoing")
 
-    async def forward(exchange: Exchange) -> Response:
-        if single:  # passive health cannot change the pick: no bookkeeping
-            index, target = 0, only
-        else:
-            index, target = pool.pick()
-        headers, upgrade = request_headers(exchange, target, host_mode, trusted)
+    def __init__(self, index: int, outgoing: Outgoing) -> None:
+        self.index = index
+        self.outgoing = outgoing
+
+
+class Forwarder:
+    """The terminal handler of every chain on routes to one upstream pool."""
+
+    def __init__(
+        self, pool: UpstreamPool, trusted: tuple[IPNetwork, ...], metrics: Metrics | None
+    ) -> None:
+        transport = pool.transport
+        self._pool = pool
+        self._transport = transport
+        # Only the native transport writes a prepared request from a callback.
+        self._native = transport if isinstance(transport, NativeTransport) else None
+        self._timeouts = pool.config.timeouts
+        self._host_mode = pool.config.host_header
+        self._trusted = trusted
+        self._observe = metrics.upstream_observer(pool.name) if metrics is not None else None
+        self._count_error = (
+            metrics.upstream_error_counter(pool.name) if metrics is not None else None
+        )
+        self._single = len(pool.targets) == 1
+        self._only = pool.targets[0]
+
+    def __call__(self, exchange: Exchange) -> Awaitable[Response]:
+        index, target = self._pick()
+        request = self._request(exchange, target)
+        return self._sent(exchange, index, self._transport.send(request), time.perf_counter())
+
+    def arm(self, exchange: Exchange) -> Armed | None:
+        """The request prepared for the wire now, while a policy above waits for its
+        decision; None when it cannot be fired from a callback (a streamed body, an
+        upgrade, a transport other than the native one). The caller fires it on an
+        admitting decision and completes it with :meth:`send_armed`; one refused drops
+        it. Nothing reaches the upstream until it is fired."""
+        native = self._native
+        if native is None or (exchange.body is None and exchange.body_stream is not None):
+            return None
+        index, target = self._pick()
+        request = self._request(exchange, target)
+        if request.upgrade:
+            return None
+        return Armed(index, native.prepare(request))
+
+    def send_armed(self, exchange: Exchange, armed: Armed) -> Awaitable[Response]:
+        """What calling this forwarder would give, for a request it armed: the response
+        of the request as fired (or written now, if it was not)."""
+        outgoing = armed.outgoing
+        started = outgoing.fired_at if outgoing.head is not None else time.perf_counter()
+        return self._sent(exchange, armed.index, outgoing.response(), started)
+
+    def _pick(self) -> tuple[int, Target]:
+        if self._single:  # passive health cannot change the pick: no bookkeeping
+            return 0, self._only
+        return self._pool.pick()
+
+    def _request(self, exchange: Exchange, target: Target) -> UpstreamRequest:
+        headers, upgrade = request_headers(exchange, target, self._host_mode, self._trusted)
         raw = exchange.raw_target
         body = exchange.body
-        request = UpstreamRequest(
+        return UpstreamRequest(
             exchange.method,
             target,
             target.base_path + raw if target.base_path else raw,
             headers,
             body if body is not None else exchange.body_stream,
-            timeouts,
+            self._timeouts,
             upgrade,
         )
-        started = perf_counter()
+
+    async def _sent(
+        self, exchange: Exchange, index: int, sending: Awaitable[Response], started: float
+    ) -> Response:
         try:
-            response = await transport.send(request)
+            response = await sending
         except UpstreamError as exc:
-            if count_error is not None:
-                count_error(exc.kind)
+            if self._count_error is not None:
+                self._count_error(exc.kind)
             # Only failures to connect say the target is unhealthy; a slow answer does not.
-            if not single:
-                pool.report(
+            if not self._single:
+                self._pool.report(
                     index, not isinstance(exc, UpstreamConnectError | UpstreamConnectTimeout)
                 )
             raise
         finally:
-            elapsed = perf_counter() - started
+            elapsed = time.perf_counter() - started
             exchange.upstream_duration += elapsed
-            if observe is not None:
-                observe(elapsed)
-        if not single:
-            pool.report(index, True)
+            if self._observe is not None:
+                self._observe(elapsed)
+        if not self._single:
+            self._pool.report(index, True)
         response_headers(response)
         return response
 
-    return forward
+
+def make_forwarder(
+    pool: UpstreamPool, trusted: tuple[IPNetwork, ...], metrics: Metrics | None
+) -> Forwarder:
+    """The terminal handler of every chain on routes to ``pool``."""
+    return Forwarder(pool, trusted, metrics)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from collections.abc import Awaitable
 
 from gateway.config.models import Upstream
 from gateway.errors import UpstreamConnectError
@@ -51,16 +53,18 @@ class NativeTransport:
         self._last: Pool | None = None
         self._ssl: ssl.SSLContext | None = None
 
-    async def send(self, request: UpstreamRequest) -> Response:
+    def send(self, request: UpstreamRequest) -> Awaitable[Response]:
+        return self.prepare(request).response()
+
+    def prepare(self, request: UpstreamRequest) -> Outgoing:
+        """``request`` encoded for the wire, to send now or once a decision admits it."""
         target = request.target
         pool = self._last
         if pool is None or pool.target is not target:
             pool = self._pool(target)
-        loop = pool.loop
-        now = loop.time()
         timeouts = request.timeouts
         total = timeouts.total
-        deadline = now + total if total is not None else INF
+        deadline = pool.loop.time() + total if total is not None else INF
 
         body = request.body
         headers = request.headers
@@ -93,43 +97,12 @@ class NativeTransport:
                 if encoding is None or b"chunked" not in encoding.lower():
                     lines.append(_CHUNKED_HEADER)
             lines.append(b"\r\n")
-        data = b"".join(lines)
-
-        skip_body = request.method == "HEAD"
         accept: bytes | None = None
-        upgrade = request.upgrade
-        if upgrade:
+        if request.upgrade:
             keys = find_all(headers, b"sec-websocket-key")
             if len(keys) == 1:  # else no 101 can answer it (RFC 6455 4.2.1)
                 accept = websocket_accept(keys[0])
-        conn = pool.take_idle(now)
-        if conn is None:
-            conn = await pool.acquire(deadline, timeouts.connect, False)
-            now = loop.time()
-        retried = False
-        while True:
-            head = conn.begin(data, skip_body, upgrade, timeouts.read, deadline, now, accept)
-            if tail is not None:
-                conn.transport.write(tail)
-            consumed = False
-            try:
-                if stream is not None:
-                    consumed = await _upload(conn, stream, chunked)
-                incoming = await head
-            except Stale:
-                if retried or consumed:
-                    raise UpstreamConnectError(
-                        f"{pool.key}: keep-alive connection closed before any response"
-                    ) from None
-                retried = True
-                conn = await pool.acquire(deadline, timeouts.connect, True)
-                now = loop.time()
-                continue
-            except BaseException:
-                conn.cancel(head)
-                raise
-            break
-        return _response(incoming)
+        return Outgoing(pool, request, b"".join(lines), tail, stream, chunked, deadline, accept)
 
     async def close(self) -> None:
         pools = list(self._pools.values())
@@ -151,6 +124,118 @@ class NativeTransport:
             self._pools[key] = pool
         self._last = pool
         return pool
+
+
+class Outgoing:
+    """One request encoded for the wire: written by :meth:`fire` or by :meth:`response`.
+
+    ``NativeTransport.send`` is ``prepare(request).response()``. A policy that waits for
+    a decision before the request may go (a rate limiter's Redis call) prepares it first
+    and fires it from the callback that reads an admitting reply: the request goes
+    upstream the moment it is admitted, not after the request's task has woken up and
+    come down the chain. ``response`` then awaits the answer, and writes the request
+    itself if it was not fired.
+    """
+
+    __slots__ = (
+        "accept", "chunked", "conn", "data", "deadline", "dropped", "fired_at", "head",
+        "pool", "skip_body", "stream", "tail", "timeouts", "upgrade",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        pool: Pool,
+        request: UpstreamRequest,
+        data: bytes,
+        tail: bytes | None,
+        stream: ByteStream | None,
+        chunked: bool,
+        deadline: float,
+        accept: bytes | None,
+    ) -> None:
+        self.pool = pool
+        self.data = data
+        self.tail = tail
+        self.stream = stream
+        self.chunked = chunked
+        self.deadline = deadline
+        self.accept = accept
+        self.timeouts = request.timeouts
+        self.skip_body = request.method == "HEAD"
+        self.upgrade = request.upgrade
+        self.conn: Connection | None = None
+        self.head: asyncio.Future[Incoming] | None = None
+        self.fired_at = 0.0  # perf_counter() when written by fire
+        self.dropped = False
+
+    def fire(self) -> bool:
+        """Write the request now, on an idle keep-alive connection. False when none is
+        idle (``response`` connects or waits), when it was already written, and once
+        it was dropped. Only for a request without a streamed body: a stream is sent
+        by ``response``."""
+        if self.dropped or self.head is not None or self.stream is not None:
+            return False
+        pool = self.pool
+        now = pool.loop.time()
+        conn = pool.take_idle(now)
+        if conn is None:
+            return False
+        self._begin(conn, now)
+        self.fired_at = time.perf_counter()
+        return True
+
+    def drop(self) -> None:
+        """The request will not be awaited (refused, or its client went away): it is
+        never written from now on, and if it was, its connection is given up."""
+        self.dropped = True
+        conn, head = self.conn, self.head
+        if conn is not None and head is not None:
+            conn.cancel(head)
+
+    def _begin(self, conn: Connection, now: float) -> asyncio.Future[Incoming]:
+        self.conn = conn
+        head = self.head = conn.begin(
+            self.data, self.skip_body, self.upgrade, self.timeouts.read, self.deadline, now,
+            self.accept,
+        )  # fmt: skip
+        if self.tail is not None:
+            conn.transport.write(self.tail)
+        return head
+
+    async def response(self) -> Response:
+        """The response's head (its body streaming when it has not all arrived). A
+        reused connection that closes before any byte of the answer is retried once on
+        a fresh one, unless a streamed body was partly consumed."""
+        pool = self.pool
+        conn, head = self.conn, self.head
+        if conn is None or head is None:
+            now = pool.loop.time()
+            conn = pool.take_idle(now)
+            if conn is None:
+                conn = await pool.acquire(self.deadline, self.timeouts.connect, False)
+                now = pool.loop.time()
+            head = self._begin(conn, now)
+        retried = False
+        while True:
+            consumed = False
+            try:
+                if self.stream is not None:
+                    consumed = await _upload(conn, self.stream, self.chunked)
+                incoming = await head
+            except Stale:
+                if retried or consumed:
+                    raise UpstreamConnectError(
+                        f"{pool.key}: keep-alive connection closed before any response"
+                    ) from None
+                retried = True
+                conn = await pool.acquire(self.deadline, self.timeouts.connect, True)
+                head = self._begin(conn, pool.loop.time())
+                continue
+            except BaseException:
+                conn.cancel(head)
+                raise
+            break
+        return _response(incoming)
 
 
 def _response(incoming: Incoming) -> Response:

@@ -433,3 +433,61 @@ def test_timeouts_cost_no_timer_per_call(redis_server: Redis) -> None:
         await resp.close()
 
     run(body)
+
+
+def test_a_reply_hook_runs_before_its_future_resolves_and_only_for_replies(
+    redis_server: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> None:
+        resp = client(redis_server.port)
+        assert await resp.call(b"SET", "hook:s", b"v") == b"OK"
+        seen: list[tuple[str, object, bool]] = []
+
+        def hook(name: str, future: asyncio.Future[object]) -> Callable[[object], None]:
+            return lambda reply: seen.append((name, reply, future.done()))
+
+        def broken(reply: object) -> None:
+            raise RuntimeError("hook failed")
+
+        calls = [resp.call(b"INCR", "hook:n"), resp.call(b"INCR", "hook:s")]
+        calls += [resp.call(b"GET", "hook:s"), resp.call(b"GET", "hook:s")]
+        futures = [c for c in calls if isinstance(c, asyncio.Future)]
+        assert len(futures) == 4  # on an open connection, the reply's future itself
+        first, error, third, cancelled = futures
+        assert resp.on_reply(first, hook("first", first))
+        assert resp.on_reply(error, hook("error", error))  # an error reply: not called
+        assert resp.on_reply(third, broken)  # logged; the replies after it still answered
+        assert resp.on_reply(cancelled, hook("cancelled", cancelled))
+        cancelled.cancel()
+        results = await asyncio.gather(first, error, third, return_exceptions=True)
+        assert results[0] == 1 and isinstance(results[1], ReplyError) and results[2] == b"v"
+        assert seen == [("first", 1, False)]  # called with the reply, before it resolved
+        assert not resp.on_reply(first, hook("again", first))  # done: nothing to hook
+        assert resp._conn is not None and resp._conn.hooks == {}
+        await resp.close()
+
+    with caplog.at_level("ERROR", logger="gateway.stores"):
+        run(body)
+    assert "a store reply's hook failed" in caplog.text
+
+
+def test_a_reply_hook_follows_its_call_through_noscript(own_redis: Callable[..., Any]) -> None:
+    port = free_port()
+    own_redis(port)
+
+    async def body() -> None:
+        store = RedisStore("s", StoreSpec(url=f"redis://127.0.0.1:{port}/0", timeout=1))
+        assert store.resp is not None
+        assert await store.run("incr_expire", ["hk"], [1, 10_000]) == 1
+        assert await store.resp.call(b"SCRIPT", b"FLUSH") == b"OK"
+        seen: list[object] = []
+        call = store.run("incr_expire", ["hk"], [4, 10_000])  # NOSCRIPT, then EVAL
+        assert store.on_reply(call, seen.append)
+        assert await call == 5
+        assert seen == [5]  # the EVAL's reply, not the NOSCRIPT error
+        waiting = store.incr("hk", 1, 10)  # a coroutine: only awaiting it tells
+        assert not store.on_reply(waiting, seen.append)
+        assert await waiting == 6 and seen == [5]
+        await store.close()
+
+    run(body)

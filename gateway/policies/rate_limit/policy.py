@@ -10,7 +10,8 @@ first policy that must wait (every one above it decided without awaiting), the n
 front-end's read callback sends it as it routes the request (``decide_now``), and the
 coroutine that later awaits it finds the reply on its way or already there. So the
 round trip overlaps the task's wake-up and the walk down the chain instead of following
-them.
+them. When the upstream comes next, the request is also prepared for the wire during
+the round trip and written from the reply's callback when it admits (:mod:`.admit`).
 
 In memory a request costs about a microsecond, so everything is prepared at build: the
 key is one function per key kind, the algorithm is compiled for the store (a plain call,
@@ -41,6 +42,7 @@ from gateway.edge import problem_response
 from gateway.errors import StoreError
 from gateway.exchange import Decision, Exchange, Response
 from gateway.policies.base import LATER, BuildContext, Later, Policy
+from gateway.policies.rate_limit.admit import OnReply, arm
 from gateway.policies.rate_limit.algorithms import (
     Check,
     Refund,
@@ -54,6 +56,7 @@ from gateway.policies.rate_limit.keys import InvalidToken, KeyResolver
 from gateway.stores import Scripts, StartsScripts, Store
 from gateway.stores.guard import StoreGuard
 from gateway.stores.memory import MemoryStore
+from gateway.transport.forward import Armed, Forwarder
 from gateway.types import Handler, Headers
 
 RETRY_AFTER = b"retry-after"
@@ -127,7 +130,12 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         # A store that can send a call from synchronous code (Redis, on its own client):
         # decide_now sends it from the read callback that parsed the request. One that
         # redis-py serves (Sentinel, Cluster, URLs with options) only awaits.
-        self._start = store.start if isinstance(store, StartsScripts) and store.starts_now else None
+        starts = isinstance(store, StartsScripts) and store.starts_now
+        self._start = cast(StartsScripts, store).start if starts else None
+        self._on_reply: OnReply | None = cast(StartsScripts, store).on_reply if starts else None
+        #: The forwarder, when it is the handler below this limiter and the store hooks
+        #: replies: then an admitted request goes upstream from the reply's callback.
+        self._forwarder: Forwarder | None = None
         self._key_of = store.key
         self._script, self._args = algorithm.script, algorithm.args
         self._prefix = f"rl:{ctx.route}:{config.name}:{algorithm.short}:"
@@ -192,6 +200,10 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         self._headers_on_admit = enforcing and config.headers == "all"
         self._headers_on_reject = config.headers != "none"
         self._problem_extra: dict[str, object] = {"violated-policies": [config.name]}
+
+    def bind_next(self, call_next: Handler) -> None:
+        if isinstance(call_next, Forwarder) and self._on_reply is not None and self._enforcing:
+            self._forwarder = call_next
 
     @staticmethod
     def _store_for(config: RateLimitRule, ctx: BuildContext) -> Store:
@@ -299,10 +311,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             bucket = resolved
         check = self._check
         verdict: Verdict | None
+        armed: Armed | None = None
         if check is not None:
             verdict = check(self._memory_prefix + bucket)
             action = ALLOW if verdict[0] else REJECT
         elif (call := self._store_call(exchange, bucket)) is not None:
+            # The upstream next: the request is armed to go from the reply's callback.
+            forwarder, on_reply = self._forwarder, self._on_reply
+            if forwarder is not None and call_next is forwarder and on_reply is not None:
+                armed = arm(forwarder, on_reply, exchange, call)
             # The store's call awaited here, not in a helper coroutine: while Redis
             # answers, the request's task waits through as few frames as possible.
             try:
@@ -310,6 +327,10 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             except StoreError as exc:
                 self._store_failed(exc)
                 verdict, action = self._on_store_error(bucket)
+            except BaseException:
+                if armed is not None:
+                    armed.outgoing.drop()
+                raise
             else:
                 verdict = cast(Verdict, result)
                 action = ALLOW if verdict[0] else REJECT
@@ -325,6 +346,8 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         local = action in (LOCAL_ALLOW, LOCAL_REJECT)
         fields = self._local_fields if local else self._fields
         if not verdict[0]:
+            if armed is not None:
+                armed.outgoing.drop()
             return self._reject(exchange, verdict[3], fields)
         if self.notes_taken:
             token = verdict[4]
@@ -338,6 +361,8 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             _note_taken(exchange, refund)
         if self._headers_on_admit:
             exchange.add_response_fields(fields.admitted(verdict))
+        if armed is not None:
+            return await cast(Forwarder, self._forwarder).send_armed(exchange, armed)
         return await call_next(exchange)
 
     def _store_failed(self, exc: StoreError) -> None:
