@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.config.models import Upstream
 from gateway.exchange import Exchange
+from gateway.policies.rate_limit.admit import FireIfAdmitted
 from gateway.transport.aiohttp_transport import AiohttpTransport
 from gateway.transport.forward import UpstreamPool, make_forwarder
 from tests.unit.test_native_transport import (
@@ -170,6 +171,33 @@ def test_the_forwarder_arms_only_what_a_callback_can_send(run: Runner[None]) -> 
             other = AiohttpTransport(config)
             assert make_forwarder(UpstreamPool("app", config, other), (), None).arm(plain) is None
             await other.close()
+            await t.close()
+
+    run(main())
+
+
+def test_the_limiters_hook_fires_only_a_well_formed_admitting_verdict(run: Runner[None]) -> None:
+    async def main() -> None:
+        async with Server(serve_ok) as server:
+            t = transport(server.url)
+            await t.send(request(server.url))
+            outgoing = t.prepare(request(server.url))
+            hook = FireIfAdmitted(outgoing)
+            for reply in (
+                [0, 0, 10, 10, 0],
+                [1, 5],
+                [1, 5, 10, 0],
+                b"1",
+                None,
+                1,
+                [b"1", 5, 10, 0, 7],
+            ):
+                hook(reply)
+                assert outgoing.head is None, reply  # nothing written
+            assert len(pool_of(t).idle) == 1
+            hook([1, 5, 10, 0, 7])
+            assert outgoing.head is not None and not pool_of(t).idle
+            assert (await outgoing.response()).status == 200
             await t.close()
 
     run(main())

@@ -22,8 +22,14 @@ from gateway.transport.native import Outgoing
 OnReply = Callable[[Awaitable[object], Callable[[object], None]], bool]
 
 
+#: Items in a verdict: allowed, remaining, reset ms, retry-after ms, token.
+VERDICT_ITEMS = 5
+
+
 class FireIfAdmitted:
-    """The hook: the verdict (``[allowed, ...]``) fires the request when it admits."""
+    """The hook: a verdict (``[allowed, remaining, reset, retry, token]``) that admits
+    fires the request. Anything else fires nothing; the limiter then decides as usual
+    once the reply resolves (and may fail on a malformed one, with nothing sent)."""
 
     __slots__ = ("outgoing",)
 
@@ -31,7 +37,7 @@ class FireIfAdmitted:
         self.outgoing = outgoing
 
     def __call__(self, reply: object) -> None:
-        if type(reply) is list and reply and reply[0] == 1:
+        if type(reply) is list and len(reply) == VERDICT_ITEMS and reply[0] == 1:
             self.outgoing.fire()
 
 
