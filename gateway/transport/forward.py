@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gateway.config.models import Upstream
 from gateway.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
@@ -230,8 +230,12 @@ class Forwarder:
         transport = pool.transport
         self._pool = pool
         self._transport = transport
-        # Only the native transport writes a prepared request from a callback.
-        self._native = transport if isinstance(transport, NativeTransport) else None
+        self._single = len(pool.targets) == 1
+        # Only the native transport writes a prepared request from a callback, and only
+        # to a single target: with several, arming would take a round-robin turn (and
+        # a target's health) before the decision, for requests that may be refused.
+        native = isinstance(transport, NativeTransport) and self._single
+        self._native = cast(NativeTransport, transport) if native else None
         self._timeouts = pool.config.timeouts
         self._host_mode = pool.config.host_header
         self._trusted = trusted
@@ -239,7 +243,6 @@ class Forwarder:
         self._count_error = (
             metrics.upstream_error_counter(pool.name) if metrics is not None else None
         )
-        self._single = len(pool.targets) == 1
         self._only = pool.targets[0]
 
     def __call__(self, exchange: Exchange) -> Awaitable[Response]:
@@ -250,9 +253,10 @@ class Forwarder:
     def arm(self, exchange: Exchange) -> Armed | None:
         """The request prepared for the wire now, while a policy above waits for its
         decision; None when it cannot be fired from a callback (a streamed body, an
-        upgrade, a transport other than the native one). The caller fires it on an
-        admitting decision and completes it with :meth:`send_armed`; one refused drops
-        it. Nothing reaches the upstream until it is fired."""
+        upgrade, a transport other than the native one, an upstream with several
+        targets). The caller fires it on an admitting decision and completes it with
+        :meth:`send_armed`; one refused drops it. Nothing reaches the upstream until it
+        is fired, and ``timeouts.total`` counts from then."""
         native = self._native
         if native is None or (exchange.body is None and exchange.body_stream is not None):
             return None

@@ -62,10 +62,6 @@ class NativeTransport:
         pool = self._last
         if pool is None or pool.target is not target:
             pool = self._pool(target)
-        timeouts = request.timeouts
-        total = timeouts.total
-        deadline = pool.loop.time() + total if total is not None else INF
-
         body = request.body
         headers = request.headers
         method = request.method
@@ -102,7 +98,7 @@ class NativeTransport:
             keys = find_all(headers, b"sec-websocket-key")
             if len(keys) == 1:  # else no 101 can answer it (RFC 6455 4.2.1)
                 accept = websocket_accept(keys[0])
-        return Outgoing(pool, request, b"".join(lines), tail, stream, chunked, deadline, accept)
+        return Outgoing(pool, request, b"".join(lines), tail, stream, chunked, accept)
 
     async def close(self) -> None:
         pools = list(self._pools.values())
@@ -150,7 +146,6 @@ class Outgoing:
         tail: bytes | None,
         stream: ByteStream | None,
         chunked: bool,
-        deadline: float,
         accept: bytes | None,
     ) -> None:
         self.pool = pool
@@ -158,7 +153,7 @@ class Outgoing:
         self.tail = tail
         self.stream = stream
         self.chunked = chunked
-        self.deadline = deadline
+        self.deadline = INF  # timeouts.total from the first write (fire or response)
         self.accept = accept
         self.timeouts = request.timeouts
         self.skip_body = request.method == "HEAD"
@@ -180,9 +175,23 @@ class Outgoing:
         conn = pool.take_idle(now)
         if conn is None:
             return False
-        self._begin(conn, now)
+        self._start(now)
+        try:
+            self._begin(conn, now)
+        except Exception:
+            # Not written after all: the connection is given up, ``response`` starts over.
+            self.conn = self.head = None
+            conn.abort()
+            raise
         self.fired_at = time.perf_counter()
         return True
+
+    def _start(self, now: float) -> None:
+        """The exchange starts now: ``timeouts.total`` counts from here, not from the
+        request's preparation (a limiter's wait for its store is not the upstream's)."""
+        total = self.timeouts.total
+        if total is not None:
+            self.deadline = now + total
 
     def drop(self) -> None:
         """The request will not be awaited (refused, or its client went away): it is
@@ -210,6 +219,7 @@ class Outgoing:
         conn, head = self.conn, self.head
         if conn is None or head is None:
             now = pool.loop.time()
+            self._start(now)
             conn = pool.take_idle(now)
             if conn is None:
                 conn = await pool.acquire(self.deadline, self.timeouts.connect, False)

@@ -41,7 +41,14 @@ pytestmark = pytest.mark.integration
 Body = Callable[[Callable[[Exchange], Any], NativeTransport, list[bytes]], Awaitable[None]]
 
 
-def run(redis_server: Redis, prefix: str, rule: dict[str, Any], body: Body) -> list[str]:
+def run(
+    redis_server: Redis,
+    prefix: str,
+    rule: dict[str, Any],
+    body: Body,
+    store_timeout: float = 0.2,
+    upstream: dict[str, Any] | None = None,
+) -> list[str]:
     """``body(route, transport, seen)`` on a fresh loop, with one limiter over the native
     forwarder to a scripted upstream that records each request's path in ``seen``.
     ``route(exchange)`` is what the front-end does: the prelude, then the handler.
@@ -57,10 +64,10 @@ def run(redis_server: Redis, prefix: str, rule: dict[str, Any], body: Body) -> l
     async def go() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, context: reported.append(str(context)))
-        spec = StoreSpec(url=redis_server.url, prefix=prefix, timeout=0.2)
+        spec = StoreSpec(url=redis_server.url, prefix=prefix, timeout=store_timeout)
         store = RedisStore("shared", spec)
         async with Server(serve) as server:
-            config = UpstreamConfig(url=server.url)
+            config = UpstreamConfig(url=server.url, **(upstream or {}))
             transport = NativeTransport(config)
             forwarder = make_forwarder(UpstreamPool("app", config, transport), (), None)
             ctx = BuildContext(
@@ -209,3 +216,26 @@ def test_concurrent_requests_exactly_the_limit_reaches_the_upstream(redis_server
         assert len(seen) == 21 and set(seen[1:]) == admitted
 
     assert run(redis_server, "t-armed-4:", rule, body) == []
+
+
+def test_a_slow_store_does_not_spend_the_upstreams_total_timeout(redis_server: Redis) -> None:
+    # The request is prepared before Redis answers; timeouts.total counts from its write.
+    rule = {"name": "g", "rate": "100/h", "store": "shared"}
+    pauser = redis.Redis.from_url(redis_server.url)
+
+    async def body(
+        route: Callable[[Exchange], Any], transport: NativeTransport, seen: list[bytes]
+    ) -> None:
+        await first_request(route)
+        pauser.client_pause(400)
+        response, idle = await at_reply(route, transport, b"/after-a-slow-store")
+        assert idle == 0  # fired from the reply, 0.4 s after it was prepared
+        assert response.status == 200
+        assert seen == [b"/warm", b"/after-a-slow-store"]
+
+    upstream = {"timeouts": {"connect": "1s", "read": "1s", "total": "300ms"}}
+    try:
+        assert run(redis_server, "t-armed-5:", rule, body, 2.0, upstream) == []
+    finally:
+        pauser.client_unpause()
+        pauser.close()

@@ -4,19 +4,21 @@ A rate limiter on Redis prepares its request while Redis answers and fires it fr
 callback that reads the admitting reply. Against scripted servers on 127.0.0.1, under
 asyncio and uvloop: ``fire`` writes only on an idle connection, once, and never after
 ``drop``; ``drop`` after the write gives the connection up; ``response`` writes what was
-not fired and retries a stale connection as ``send`` does; the forwarder arms only what
-a callback can send.
+not fired and retries a stale connection as ``send`` does; ``timeouts.total`` counts
+from the write; the forwarder arms only what a callback can send, to a single target.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
-from gateway.config.models import Upstream
+from gateway.config.models import Timeouts, Upstream
 from gateway.exchange import Exchange
 from gateway.policies.rate_limit.admit import FireIfAdmitted
 from gateway.transport.aiohttp_transport import AiohttpTransport
 from gateway.transport.forward import UpstreamPool, make_forwarder
+from gateway.transport.native import NativeTransport
 from tests.unit.test_native_transport import (
     Body,
     Peer,
@@ -198,6 +200,42 @@ def test_the_limiters_hook_fires_only_a_well_formed_admitting_verdict(run: Runne
             hook([1, 5, 10, 0, 7])
             assert outgoing.head is not None and not pool_of(t).idle
             assert (await outgoing.response()).status == 200
+            await t.close()
+
+    run(main())
+
+
+def test_the_total_timeout_counts_from_the_write_not_the_preparation(run: Runner[None]) -> None:
+    # A limiter prepares its request before its store answers: that wait is not the
+    # upstream's, and a slow store must not time the request out (or, worse, send it
+    # with a deadline already past).
+    async def main() -> None:
+        async with Server(serve_ok) as server:
+            t = transport(server.url)
+            await t.send(request(server.url))
+            quick = Timeouts(connect=1.0, read=1.0, total=0.2)
+            fired = t.prepare(request(server.url, timeouts=quick))
+            written = t.prepare(request(server.url, timeouts=quick))
+            await asyncio.sleep(0.3)
+            assert fired.fire()
+            assert (await fired.response()).status == 200
+            assert (await written.response()).status == 200
+            await t.close()
+
+    run(main())
+
+
+def test_an_upstream_with_several_targets_is_never_armed(run: Runner[None]) -> None:
+    # Arming would take a round-robin turn before the decision, for requests that may
+    # be refused.
+    async def main() -> None:
+        async with Server(serve_ok) as one, Server(serve_ok) as two:
+            config = Upstream(url=one.url, targets=[two.url])
+            t = NativeTransport(config)
+            forwarder = make_forwarder(UpstreamPool("app", config, t), (), None)
+            exchange = Exchange("GET", b"/p", [(b"host", b"api")], "203.0.113.9")
+            assert forwarder.arm(exchange) is None
+            assert (await forwarder(exchange)).status == 200
             await t.close()
 
     run(main())

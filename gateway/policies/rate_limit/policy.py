@@ -77,7 +77,11 @@ class _StoreHealth:
         self.down_until = -math.inf
 
 
-def _note_taken(exchange: Exchange, refund: Callable[[], object]) -> None:
+#: A give-back, ready to call.
+GiveBack = Callable[[], object]
+
+
+def _note_taken(exchange: Exchange, refund: GiveBack) -> None:
     """Note what an admission took, for a later limiter that refuses to give back."""
     taken = exchange.quota_taken
     if taken is None:
@@ -339,31 +343,51 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         exchange.decisions.append(
             self._allowed if action == ALLOW else Decision(self._label, action)
         )
-        if verdict is None:  # the store failed: on_store_error allow / deny
-            if action == FAIL_CLOSED:
-                return self._reject(exchange, self._deny_retry * 1000, self._fields)
-            return await call_next(exchange)
-        local = action in (LOCAL_ALLOW, LOCAL_REJECT)
-        fields = self._local_fields if local else self._fields
-        if not verdict[0]:
+        try:
+            refusal = self._settle(exchange, verdict, action, bucket, check)
+        except BaseException:
             if armed is not None:
                 armed.outgoing.drop()
-            return self._reject(exchange, verdict[3], fields)
-        if self.notes_taken:
-            token = verdict[4]
-            refund: Callable[[], object]
-            if local:
-                refund = partial(self._refund_local, self._local_prefix + bucket, token)
-            elif check is not None:
-                refund = partial(self._refund_memory, self._memory_prefix + bucket, token)
-            else:
-                refund = partial(self._refund_store, bucket, token)
-            _note_taken(exchange, refund)
-        if self._headers_on_admit:
-            exchange.add_response_fields(fields.admitted(verdict))
+            raise
+        if refusal is not None:
+            if armed is not None:
+                armed.outgoing.drop()  # never written from now on
+            return refusal
         if armed is not None:
             return await cast(Forwarder, self._forwarder).send_armed(exchange, armed)
         return await call_next(exchange)
+
+    def _settle(
+        self,
+        exchange: Exchange,
+        verdict: Verdict | None,
+        action: str,
+        bucket: str,
+        check: Check | None,
+    ) -> Response | None:
+        """The refusal, or None for a request that goes on: then what it took is noted
+        for a later limiter that refuses, and its response fields are added."""
+        if verdict is None:  # the store failed: on_store_error allow / deny
+            if action == FAIL_CLOSED:
+                return self._reject(exchange, self._deny_retry * 1000, self._fields)
+            return None
+        local = action in (LOCAL_ALLOW, LOCAL_REJECT)
+        fields = self._local_fields if local else self._fields
+        if not verdict[0]:
+            return self._reject(exchange, verdict[3], fields)
+        if self.notes_taken:
+            _note_taken(exchange, self._refund(bucket, verdict[4], local, check))
+        if self._headers_on_admit:
+            exchange.add_response_fields(fields.admitted(verdict))
+        return None
+
+    def _refund(self, bucket: str, token: int, local: bool, check: Check | None) -> GiveBack:
+        """How to give back the admission of ``bucket`` that left ``token``."""
+        if local:
+            return partial(self._refund_local, self._local_prefix + bucket, token)
+        if check is not None:
+            return partial(self._refund_memory, self._memory_prefix + bucket, token)
+        return partial(self._refund_store, bucket, token)
 
     def _store_failed(self, exc: StoreError) -> None:
         """Counted and logged (once per interval); the store is skipped for a while."""
