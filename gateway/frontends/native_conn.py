@@ -44,6 +44,7 @@ from gateway.frontends.native_request import (
     origin_form,
     too_large,
     transfer_coding_refusal,
+    unknown_method_refusal,
 )
 from gateway.frontends.native_send import Relay, whole, write_response, write_whole
 from gateway.frontends.trailers import TrailerBound
@@ -73,7 +74,7 @@ class _Reject(Exception):
 
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
-        "_body_timeout", "_chunked", "_content_length", "_drain_waiter", "_expect",
+        "_begins", "_body_timeout", "_chunked", "_content_length", "_drain_waiter", "_expect",
         "_head_bytes", "_header_timeout", "_headers", "_host", "_hosts", "_hsize",
         "_keepalive_timeout", "_max_head", "_max_header_size", "_max_headers", "_max_line",
         "_parsing", "_paused", "_rejection", "_splice", "_trailers", "_tunnel", "_upgrade",
@@ -115,6 +116,7 @@ class HttpConnection(asyncio.Protocol):
         self._paused = 0
         self.parse_dead = False
         self._parsing: Pending | None = None  # the request whose body is being parsed
+        self._begins = 0  # requests begun on this connection (on_message_begin)
         self._rejection: Response | None = None
         self._head_bytes = 0
         self._url = b""
@@ -217,6 +219,10 @@ class HttpConnection(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         began_in_head = self.in_head
         while True:
+            # Whether this read starts a request: then a method the parser does not know,
+            # met in the first request it begins, can be read from its first bytes.
+            at_start = not began_in_head and self._parsing is None
+            begins = self._begins
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:
@@ -239,7 +245,8 @@ class HttpConnection(asyncio.Protocol):
                     continue
                 return
             except httptools.HttpParserError as exc:
-                self._parse_error(exc)
+                first = at_start and self._begins == begins + 1
+                self._parse_error(exc, data if first else None)
                 return
             if began_in_head and self.in_head:
                 # httptools buffers a header line until it ends: bound it here.
@@ -252,18 +259,23 @@ class HttpConnection(asyncio.Protocol):
                 self._reject(too_large(trailers.detail()))
             return
 
-    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+    def _parse_error(self, exc: httptools.HttpParserError, read: bytes | None) -> None:
+        """``read``: the bytes read, when they begin with the refused request."""
         rejection, self._rejection = self._rejection, None
         if rejection is None:
             if isinstance(exc, httptools.HttpParserCallbackError):
                 log.error("native front-end: parser callback failed", exc_info=exc)
-            rejection = bad_request(str(exc) or "malformed request")
+            if isinstance(exc, httptools.HttpParserInvalidMethodError):
+                rejection = unknown_method_refusal(read, str(exc) or "malformed request")
+            else:
+                rejection = bad_request(str(exc) or "malformed request")
         self._reject(rejection)
 
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.in_head = True
+        self._begins += 1
         self._head_bytes = 0
         self._url = b""
         self._headers = []

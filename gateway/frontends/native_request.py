@@ -219,6 +219,30 @@ def transfer_coding_refusal(value: bytes) -> Response | None:
     return None
 
 
+#: The characters of a token (RFC 9110 5.6.2), which a method is (RFC 9110 9.1).
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+#: The longest unknown method a 501 names; a longer first word is a malformed line.
+MAX_METHOD = 32
+
+
+def unknown_method_refusal(read: bytes | None, detail: str) -> Response:
+    """The answer to a request line whose method the parser does not know.
+
+    A well-formed method token the gateway does not implement is 501 (RFC 9110 9.1,
+    15.6.2); anything else is a malformed request line, 400. ``read``: the bytes read
+    that begin with the refused request (empty lines before it allowed, RFC 9112 2.2),
+    when the front-end knows it does; None gives 400.
+    """
+    if read is not None:
+        line = read.lstrip(b"\r\n")
+        end = line.find(b" ")
+        method = line[:end]
+        if 0 < end <= MAX_METHOD and all(c in _TCHAR for c in method):
+            detail = f"the method {method.decode('ascii')} is not implemented by the gateway"
+            return problem_response(None, 501, "not-implemented", "Not Implemented", detail)
+    return bad_request(detail)
+
+
 def connect_refusal() -> Response:
     """The answer to ``CONNECT``: the gateway routes requests, it opens no tunnels."""
     detail = "CONNECT is not served: the gateway is a reverse proxy, not a tunnel"

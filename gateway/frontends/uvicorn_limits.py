@@ -47,6 +47,7 @@ from gateway.frontends.native_request import (
     origin_form,
     too_large,
     transfer_coding_refusal,
+    unknown_method_refusal,
 )
 from gateway.frontends.trailers import TrailerBound
 from gateway.frontends.upgrade_body import BodyAfterUpgrade, framing_head
@@ -283,11 +284,15 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                         continue
                     return
                 except httptools.HttpParserError as exc:
-                    # As the native front-end: the parser's own reason is the detail.
-                    reject = self._reject or response_bytes(
-                        bad_request(str(exc) or "the request is not valid HTTP/1.1")
-                    )
-                    self._refuse(reject)
+                    # As the native front-end: the parser's own reason is the detail, and
+                    # a well-formed method it does not know is 501.
+                    detail = str(exc) or "the request is not valid HTTP/1.1"
+                    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+                        first = was_idle and self._begins == begins + 1
+                        refusal = unknown_method_refusal(data if first else None, detail)
+                    else:
+                        refusal = bad_request(detail)
+                    self._refuse(self._reject or response_bytes(refusal))
                     return
                 break
             trailers = self._trailers

@@ -364,6 +364,10 @@ def refusal(wire: bytes) -> tuple[bytes, dict[bytes, bytes], dict[str, Any]]:
             501,
             "CONNECT is not served",
         ),
+        (b"BREW /pot HTTP/1.1\r\nHost: t\r\n\r\n", 501, "method BREW is not implemented"),
+        (b"\r\nget /x HTTP/1.1\r\nHost: t\r\n\r\n", 501, "method get is not implemented"),
+        (b"G(T /x HTTP/1.1\r\nHost: t\r\n\r\n", 400, "Invalid method"),
+        (b"%s /x HTTP/1.1\r\nHost: t\r\n\r\n" % (b"X" * 33), 400, "Invalid method"),
     ],
 )
 def test_head_refused_before_the_app(request_bytes: bytes, status: int, detail: str) -> None:

@@ -557,7 +557,7 @@ SMUGGLING = {
     "space-in-target": b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n",
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
     "two-hosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    "bad-method": b"get / HTTP/1.1\r\nHost: t\r\n\r\n",
+    "bad-method": b"G(T / HTTP/1.1\r\nHost: t\r\n\r\n",  # not a token; `get` is 501
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     "http2-version": (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
     "upgrade-with-body": (b"POST / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
@@ -967,6 +967,28 @@ def test_connect_is_501(run: Callable[[Scenario], None]) -> None:
             data = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01"
             reply = await rejected(gw, data, 501)
             assert b"/not-implemented" in reply.body
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "detail"),
+    [
+        (b"BREW /pot HTTP/1.1", 501, b"method BREW is not implemented"),
+        (b"\r\nget /x HTTP/1.1", 501, b"method get is not implemented"),
+        (b"G(T /x HTTP/1.1", 400, b"Invalid method"),
+        (b"X" * 33 + b" /x HTTP/1.1", 400, b"Invalid method"),
+    ],
+)
+def test_an_unknown_method_is_501_a_malformed_one_400(
+    run: Callable[[Scenario], None], line: bytes, status: int, detail: bytes
+) -> None:
+    # RFC 9110 9.1: a method the server does not recognise is 501; a first word that is
+    # not a method token at all is a malformed request line.
+    async def scenario() -> None:
+        async with serving() as gw:
+            reply = await rejected(gw, line + b"\r\nHost: t\r\n\r\n", status)
+            assert detail in reply.body
 
     run(scenario)
 
