@@ -51,6 +51,7 @@ COMPILED = [
     "gateway.policies.rate_limit.admit",
     "gateway.policies.rate_limit.algorithms",
     "gateway.policies.rate_limit.fields",
+    "gateway.policies.rate_limit.give_back",
     "gateway.policies.rate_limit.keys",
     "gateway.policies.rate_limit.policy",
     "gateway.stores.redis",

@@ -2,5 +2,8 @@
 
 ``config.py`` (the options), ``keys.py`` (what is counted), ``jwt.py`` (bearer token
 verification), ``algorithms.py`` (the algorithms and their memory twins; the Redis
-halves are ``gateway/stores/lua/rl_*.lua``), ``policy.py`` (the chain element).
+halves are ``gateway/stores/lua/rl_*.lua``), ``fields.py`` (the ``RateLimit`` fields and
+the 429), ``give_back.py`` (what an admission took, given back when a later limiter
+refuses), ``admit.py`` (the request written from the store's reply), ``policy.py`` (the
+chain element).
 """

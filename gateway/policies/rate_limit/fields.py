@@ -1,4 +1,5 @@
-"""The ``RateLimit-Policy`` and ``RateLimit`` fields of a limiter, prepared at build.
+"""The ``RateLimit-Policy`` and ``RateLimit`` fields of a limiter, prepared at build,
+and its 429.
 
 draft-ietf-httpapi-ratelimit-headers: both are structured-field Lists of String items
 with parameters, one item per limiter::
@@ -12,9 +13,12 @@ state (a bounded memo), a window's each time.
 
 from __future__ import annotations
 
+from gateway.edge import problem_response
+from gateway.exchange import Exchange, Response
 from gateway.policies.rate_limit.algorithms import Algorithm, Verdict
-from gateway.types import Header
+from gateway.types import Header, Headers
 
+RETRY_AFTER = b"retry-after"
 RATELIMIT_POLICY = b"ratelimit-policy"
 RATELIMIT = b"ratelimit"
 #: Formatted ``RateLimit`` fields kept per limiter, by (remaining, seconds to reset).
@@ -75,6 +79,20 @@ class Fields:
     def rejected(self, retry: int) -> tuple[Header, Header]:
         """The fields of a request refused for ``retry`` seconds."""
         return self.policy, (RATELIMIT, b"%s0;t=%d" % (self.prefix, retry))
+
+    def too_many(
+        self, exchange: Exchange, retry_ms: int, with_fields: bool, extra: dict[str, object]
+    ) -> Response:
+        """The 429: problem+json with ``Retry-After`` in whole seconds (at least 1) and,
+        ``with_fields``, these fields; ``extra``: more members of the problem."""
+        retry = max(1, -(-int(retry_ms) // 1000))
+        headers: Headers = [(RETRY_AFTER, str(retry).encode())]
+        if with_fields:
+            headers.extend(self.rejected(retry))
+        return problem_response(
+            exchange, 429, "quota-exceeded", "Too Many Requests",
+            f"{self.detail} exceeded; retry in {retry}s", headers, **extra,
+        )  # fmt: skip
 
 
 def sf_string(text: str) -> bytes:

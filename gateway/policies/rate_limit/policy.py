@@ -31,10 +31,8 @@ state shared between requests is that deadline (and the counters in the store).
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable
 from typing import Any, ClassVar, cast
 
 from gateway.config.models import StoreSpec
@@ -45,21 +43,19 @@ from gateway.policies.base import LATER, BuildContext, Later, Policy
 from gateway.policies.rate_limit.admit import OnReply, arm
 from gateway.policies.rate_limit.algorithms import (
     Check,
-    Refund,
     Verdict,
     compile_algorithm,
 )
 from gateway.policies.rate_limit.config import RateLimitConfig, RateLimitRule
 from gateway.policies.rate_limit.fields import Fields, sf_string
+from gateway.policies.rate_limit.give_back import GiveBack, GiveBacks, give_back, no_refund, note
 from gateway.policies.rate_limit.jwt import JwtVerifier
 from gateway.policies.rate_limit.keys import InvalidToken, KeyResolver
 from gateway.stores import Scripts, StartsScripts, Store
 from gateway.stores.guard import StoreGuard
 from gateway.stores.memory import MemoryStore
 from gateway.transport.forward import Armed, Forwarder
-from gateway.types import Handler, Headers
-
-RETRY_AFTER = b"retry-after"
+from gateway.types import Handler
 
 # Decision actions (gateway_policy_decisions_total{action=...}).
 ALLOW, REJECT = "allow", "reject"
@@ -77,29 +73,8 @@ class _StoreHealth:
         self.down_until = -math.inf
 
 
-#: A give-back, ready to call.
-GiveBack = Callable[[], object]
-
-
-def _note_taken(exchange: Exchange, refund: GiveBack) -> None:
-    """Note what an admission took, for a later limiter that refuses to give back."""
-    taken = exchange.quota_taken
-    if taken is None:
-        exchange.quota_taken = [refund]
-    else:
-        taken.append(refund)
-
-
-def _no_refund(key: str, token: int) -> bool:
-    return False
-
-
 async def _answer(response: Response) -> Response:
     return response
-
-
-def _seconds(milliseconds: int) -> int:
-    return -(-int(milliseconds) // 1000)
 
 
 class RateLimitPolicy(Policy[RateLimitRule]):
@@ -195,12 +170,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         #: Whether an enforcing limiter after this one may refuse what this one admitted
         #: (set by ``build``): then the request's exchange notes what this one took.
         self.notes_taken = False
-        self._refund_script = algorithm.refund_script
-        self._refund_memory: Refund = (
-            algorithm.refund_in_memory(store) if isinstance(store, MemoryStore) else _no_refund
+        self._give_backs = GiveBacks(
+            algorithm.refund_in_memory(store) if isinstance(store, MemoryStore) else no_refund,
+            local_algorithm.refund_in_memory(local),
+            self._run,
+            algorithm.refund_script,
+            algorithm.args,
+            lambda bucket: self._key_of(self._prefix + bucket),
+            lambda: self._clock() < self._health.down_until,
         )
-        self._refund_local = local_algorithm.refund_in_memory(local)
-        self._refunds: set[asyncio.Future[object]] = set()  # store refunds in flight
         self._headers_on_admit = enforcing and config.headers == "all"
         self._headers_on_reject = config.headers != "none"
         self._problem_extra: dict[str, object] = {"violated-policies": [config.name]}
@@ -272,7 +250,7 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             return self._reject(exchange, verdict[3], self._fields)
         exchange.decisions.append(self._allowed)
         if self.notes_taken:
-            _note_taken(exchange, partial(self._refund_memory, key, verdict[4]))
+            note(exchange, self._give_backs.memory(key, verdict[4]))
         if self._headers_on_admit:
             exchange.add_response_fields(self._fields.admitted(verdict))
         return None
@@ -376,18 +354,18 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         if not verdict[0]:
             return self._reject(exchange, verdict[3], fields)
         if self.notes_taken:
-            _note_taken(exchange, self._refund(bucket, verdict[4], local, check))
+            note(exchange, self._give_back(bucket, verdict[4], local, check))
         if self._headers_on_admit:
             exchange.add_response_fields(fields.admitted(verdict))
         return None
 
-    def _refund(self, bucket: str, token: int, local: bool, check: Check | None) -> GiveBack:
+    def _give_back(self, bucket: str, token: int, local: bool, check: Check | None) -> GiveBack:
         """How to give back the admission of ``bucket`` that left ``token``."""
         if local:
-            return partial(self._refund_local, self._local_prefix + bucket, token)
+            return self._give_backs.local(self._local_prefix + bucket, token)
         if check is not None:
-            return partial(self._refund_memory, self._memory_prefix + bucket, token)
-        return partial(self._refund_store, bucket, token)
+            return self._give_backs.memory(self._memory_prefix + bucket, token)
+        return self._give_backs.store(bucket, token)
 
     def _store_failed(self, exc: StoreError) -> None:
         """Counted and logged (once per interval); the store is skipped for a while."""
@@ -405,34 +383,9 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         verdict = self._local_check(self._local_prefix + bucket)
         return verdict, LOCAL_ALLOW if verdict[0] else LOCAL_REJECT
 
-    def _give_back_taken(self, exchange: Exchange) -> None:
-        """This limiter refuses the request: the limiters before it give back what they
-        took, so a request counts only against limits it passed all of."""
-        taken = exchange.quota_taken
-        if taken is None or not self._enforcing:
-            return
-        exchange.quota_taken = None
-        for refund in taken:
-            refund()
-
-    def _refund_store(self, bucket: str, token: int) -> None:
-        """Give back one admission of ``bucket`` in the store, without awaiting: the
-        refusal goes out now. Skipped while the store is known to be down; a refund
-        that fails leaves the count one high until the window or bucket moves on."""
-        if self._clock() < self._health.down_until:
-            return
-        key = self._key_of(self._prefix + bucket)
-        call = asyncio.ensure_future(self._run(self._refund_script, (key,), (*self._args, token)))
-        self._refunds.add(call)  # a reference until done: a task is not collected mid-run
-        call.add_done_callback(self._refunded)
-
-    def _refunded(self, call: asyncio.Future[object]) -> None:
-        self._refunds.discard(call)
-        if not call.cancelled():
-            call.exception()  # retrieved: nothing to report
-
     def _invalid_token(self, exchange: Exchange, invalid: InvalidToken) -> Response:
-        self._give_back_taken(exchange)
+        if self._enforcing:
+            give_back(exchange)
         exchange.decide(self._label, INVALID_TOKEN)
         return problem_response(
             exchange, 401, "invalid-token", "Unauthorized",
@@ -441,12 +394,6 @@ class RateLimitPolicy(Policy[RateLimitRule]):
         )  # fmt: skip
 
     def _reject(self, exchange: Exchange, retry_ms: int, fields: Fields) -> Response:
-        self._give_back_taken(exchange)
-        retry = max(1, _seconds(retry_ms))
-        headers: Headers = [(RETRY_AFTER, str(retry).encode())]
-        if self._headers_on_reject:
-            headers.extend(fields.rejected(retry))
-        return problem_response(
-            exchange, 429, "quota-exceeded", "Too Many Requests",
-            f"{fields.detail} exceeded; retry in {retry}s", headers, **self._problem_extra,
-        )  # fmt: skip
+        if self._enforcing:  # a request counts only against limits it passed all of
+            give_back(exchange)
+        return fields.too_many(exchange, retry_ms, self._headers_on_reject, self._problem_extra)
