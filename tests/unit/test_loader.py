@@ -308,3 +308,55 @@ def test_admin_beside_listen_loads(admin: str) -> None:
             "listen: 0.0.0.0:8080" if "::" in admin else "listen: 127.0.0.1:8080",
         )
     assert load_text(text, "f.yaml")[0].admin == admin
+
+
+def test_the_schema_accepts_what_check_accepts_env_values_and_bare_policies() -> None:
+    # An editor checking the file against `gateway schema` flagged `${VAR}` in a number
+    # or boolean field and a policy written without a value, both of which load.
+    import jsonschema
+
+    from gateway.config.schema import policy_file_schema
+
+    schema = policy_file_schema()
+    upstream = {
+        "url": "http://127.0.0.1:1",
+        "verify_tls": "${VERIFY:-true}",
+        "pool": {"max_connections": "${POOL}"},
+        "timeouts": {"read": "${READ_TIMEOUT:-30s}"},
+    }
+    rate_limit = [{"name": "g", "rate": "5/s", "algorithm": "${ALGORITHM}", "burst": "${B}"}]
+    doc = {
+        "version": 1,
+        "listen": "${LISTEN:-127.0.0.1:8080}",
+        "upstreams": {"app": upstream},
+        "routes": [
+            {"name": "r", "match": {"prefix": "/"}, "upstream": "app",
+             "policies": {"noop": None, "rate_limit": rate_limit}},
+            {"name": "bare", "match": {"prefix": "/b"}, "upstream": "app", "policies": None},
+        ],
+    }  # fmt: skip
+    jsonschema.validate(doc, schema)
+
+    refused = [
+        ("verify_tls", "maybe"),  # neither a boolean nor a ${VAR}
+        ("pool", {"max_connections": "many"}),
+    ]
+    for key, value in refused:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**doc, "upstreams": {"app": {**upstream, key: value}}}, schema)
+    # A list-valued policy has no defaults: `rate_limit:` alone is refused, as by check.
+    bare = {"name": "r", "match": {"prefix": "/"}, "upstream": "app",
+            "policies": {"rate_limit": None}}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**doc, "routes": [bare]}, schema)
+    # And check loads the same things.
+    text = """\
+        version: 1
+        listen: ${LISTEN:-127.0.0.1:8080}
+        upstreams: {app: {url: "http://127.0.0.1:1", pool: {max_connections: "${POOL:-8}"}}}
+        routes:
+          - {name: r, match: {prefix: /}, upstream: app, policies: {noop: }}
+          - {name: bare, match: {prefix: /b}, upstream: app, policies: }
+        """
+    config = load_text(textwrap.dedent(text), "f.yaml")[0]
+    assert config.upstreams["app"].pool.max_connections == 8
