@@ -1,11 +1,26 @@
-"""``gateway explain``: which route a request matches and the policies it would meet."""
+"""``gateway explain``: which route a request matches and the policies it would meet.
+
+What the front-ends refuse before routing is reported as such: ``CONNECT`` and methods
+the HTTP parser does not know (501), a malformed method or request target (400). An
+absolute-form target is routed as the front-ends route it: its authority is the Host.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httptools
+
 from gateway.config.loader import LoadedConfig
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, Response
+from gateway.frontends.native_request import (
+    BadTarget,
+    bad_request,
+    connect_refusal,
+    origin_form,
+    unknown_method_refusal,
+)
 
 
 def explain(
@@ -21,7 +36,24 @@ def explain(
         if not sep or not name.strip():
             raise ValueError(f"header {line!r} is not 'Name: value'")
         raw_headers.append((name.strip().encode("latin-1"), value.strip().encode("latin-1")))
-    exchange = Exchange(method.upper(), target.encode(), raw_headers, client)
+    method = method.upper()
+    raw_target = target.encode("latin-1")
+    refusal = _front_end_refusal(method)
+    if refusal is None and not raw_target.startswith(b"/"):
+        # As the front-ends: absolute-form becomes origin-form, its authority the Host.
+        try:
+            raw_target, authority = origin_form(raw_target, method)
+        except BadTarget as exc:
+            refusal = bad_request(str(exc))
+        else:
+            if authority is not None:
+                raw_headers = [h for h in raw_headers if h[0].lower() != b"host"]
+                raw_headers.append((b"host", authority))
+    if refusal is not None:
+        detail = json.loads(refusal.body)["detail"]
+        return {"method": method, "path": target, "route": None,
+                "status": refusal.status, "refused": detail}  # fmt: skip
+    exchange = Exchange(method, raw_target, raw_headers, client)
     match = snapshot.router.match(exchange.method, exchange.path, exchange.host, raw_headers)
     report: dict[str, Any] = {"method": exchange.method, "path": exchange.path}
     if match.route is None:
@@ -52,10 +84,32 @@ def explain(
     return report
 
 
+def _front_end_refusal(method: str) -> Response | None:
+    """What both front-ends answer a request with this method before routing it: 501
+    for CONNECT and for a method their parser does not know, 400 for one that is not a
+    token; None for the others."""
+    if method == "CONNECT":
+        return connect_refusal()
+    line = method.encode("latin-1") + b" / HTTP/1.1\r\nHost: h\r\n\r\n"
+    try:
+        httptools.HttpRequestParser(_Quiet()).feed_data(line)
+    except httptools.HttpParserInvalidMethodError as exc:
+        return unknown_method_refusal(line, str(exc) or "malformed request")
+    except httptools.HttpParserError as exc:
+        return bad_request(str(exc) or "malformed request")
+    return None
+
+
+class _Quiet:
+    """A parser protocol that listens to nothing."""
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [f"{report['method']} {report['path']}"]
     if report["route"] is None:
-        if report["status"] == 405:
+        if "refused" in report:
+            lines.append(f"  refused by the front-end: {report['status']} ({report['refused']})")
+        elif report["status"] == 405:
             lines.append(
                 f"  no route allows this method: 405 (allowed: {', '.join(report['allowed'])})"
             )

@@ -91,6 +91,29 @@ def test_explain_404_and_405(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["explain", "-c", str(config), "GET", "/nope", "-H", "bad"]) == 2
 
 
+def test_explain_applies_what_the_front_ends_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # explain routed requests the front-ends never route: CONNECT, unknown methods,
+    # malformed targets; and it took an absolute-form target's authority for nothing.
+    config = tmp_path / "g.yaml"
+    config.write_text(EXAMPLE.read_text())
+    refused = [
+        (["CONNECT", "example.com:443"], "501", "CONNECT is not served"),
+        (["BREW", "/pot"], "501", "method BREW is not implemented"),
+        (["G(T", "/x"], "400", "Invalid method"),
+        (["GET", "users/1"], "400", "must be a path or an absolute URL"),
+    ]
+    for args, status, detail in refused:
+        assert main(["explain", "-c", str(config), *args]) == 0
+        out = capsys.readouterr().out
+        assert f"refused by the front-end: {status}" in out and detail in out, out
+    assert main(["explain", "-c", str(config), "GET", "http://api.example/users/7", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["route"] == "users" and report["path"] == "/users/7"
+    assert report["params"] == {"id": "7"}
+
+
 def test_mask_secrets() -> None:
     from gateway.admin.app import mask_secrets
 
