@@ -210,17 +210,6 @@ def response_headers(response: Response) -> None:
     response.headers.append(_VIA)
 
 
-class Armed:
-    """A request prepared by :meth:`Forwarder.arm`: fired (written upstream) by whoever
-    admits it, then completed by :meth:`Forwarder.send_armed`."""
-
-    __slots__ = ("index", "outgoing")
-
-    def __init__(self, index: int, outgoing: Outgoing) -> None:
-        self.index = index
-        self.outgoing = outgoing
-
-
 class Forwarder:
     """The terminal handler of every chain on routes to one upstream pool."""
 
@@ -250,7 +239,7 @@ class Forwarder:
         request = self._request(exchange, target)
         return self._sent(exchange, index, self._transport.send(request), time.perf_counter())
 
-    def arm(self, exchange: Exchange) -> Armed | None:
+    def arm(self, exchange: Exchange) -> Outgoing | None:
         """The request prepared for the wire now, while a policy above waits for its
         decision; None when it cannot be fired from a callback (a streamed body, an
         upgrade, a transport other than the native one, an upstream with several
@@ -260,18 +249,16 @@ class Forwarder:
         native = self._native
         if native is None or (exchange.body is None and exchange.body_stream is not None):
             return None
-        index, target = self._pick()
-        request = self._request(exchange, target)
+        request = self._request(exchange, self._only)  # armed only with a single target
         if request.upgrade:
             return None
-        return Armed(index, native.prepare(request))
+        return native.prepare(request)
 
-    def send_armed(self, exchange: Exchange, armed: Armed) -> Awaitable[Response]:
+    def send_armed(self, exchange: Exchange, outgoing: Outgoing) -> Awaitable[Response]:
         """What calling this forwarder would give, for a request it armed: the response
         of the request as fired (or written now, if it was not)."""
-        outgoing = armed.outgoing
         started = outgoing.fired_at if outgoing.head is not None else time.perf_counter()
-        return self._sent(exchange, armed.index, outgoing.response(), started)
+        return self._sent(exchange, 0, outgoing.response(), started)
 
     def _pick(self) -> tuple[int, Target]:
         if self._single:  # passive health cannot change the pick: no bookkeeping

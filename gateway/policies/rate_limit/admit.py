@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from gateway.exchange import Exchange
-from gateway.transport.forward import Armed, Forwarder
+from gateway.transport.forward import Forwarder
 from gateway.transport.native import Outgoing
 
 #: A store's ``on_reply``: have a hook called with the call's reply as soon as it is read.
@@ -43,11 +43,11 @@ class FireIfAdmitted:
 
 def arm(
     forwarder: Forwarder, on_reply: OnReply, exchange: Exchange, call: Awaitable[object]
-) -> Armed | None:
+) -> Outgoing | None:
     """The request armed to go upstream when ``call``'s reply admits it; None when the
     forwarder cannot arm it. If the store cannot hook this call, the request is still
     prepared, and written when the limiter sends it (``Forwarder.send_armed``)."""
     armed = forwarder.arm(exchange)
     if armed is not None:
-        on_reply(call, FireIfAdmitted(armed.outgoing))
+        on_reply(call, FireIfAdmitted(armed))
     return armed

@@ -54,7 +54,8 @@ from gateway.policies.rate_limit.keys import InvalidToken, KeyResolver
 from gateway.stores import Scripts, StartsScripts, Store
 from gateway.stores.guard import StoreGuard
 from gateway.stores.memory import MemoryStore
-from gateway.transport.forward import Armed, Forwarder
+from gateway.transport.forward import Forwarder
+from gateway.transport.native import Outgoing
 from gateway.types import Handler
 
 # Decision actions (gateway_policy_decisions_total{action=...}).
@@ -293,15 +294,15 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             bucket = resolved
         check = self._check
         verdict: Verdict | None
-        armed: Armed | None = None
+        armed: Outgoing | None = None
         if check is not None:
             verdict = check(self._memory_prefix + bucket)
             action = ALLOW if verdict[0] else REJECT
         elif (call := self._store_call(exchange, bucket)) is not None:
             # The upstream next: the request is armed to go from the reply's callback.
-            forwarder, on_reply = self._forwarder, self._on_reply
-            if forwarder is not None and call_next is forwarder and on_reply is not None:
-                armed = arm(forwarder, on_reply, exchange, call)
+            forwarder = self._forwarder  # set only when the store hooks replies
+            if forwarder is not None and call_next is forwarder:
+                armed = arm(forwarder, cast(OnReply, self._on_reply), exchange, call)
             # The store's call awaited here, not in a helper coroutine: while Redis
             # answers, the request's task waits through as few frames as possible.
             try:
@@ -311,7 +312,7 @@ class RateLimitPolicy(Policy[RateLimitRule]):
                 verdict, action = self._on_store_error(bucket)
             except BaseException:
                 if armed is not None:
-                    armed.outgoing.drop()
+                    armed.drop()
                 raise
             else:
                 verdict = cast(Verdict, result)
@@ -325,11 +326,11 @@ class RateLimitPolicy(Policy[RateLimitRule]):
             refusal = self._settle(exchange, verdict, action, bucket, check)
         except BaseException:
             if armed is not None:
-                armed.outgoing.drop()
+                armed.drop()
             raise
         if refusal is not None:
             if armed is not None:
-                armed.outgoing.drop()  # never written from now on
+                armed.drop()  # never written from now on
             return refusal
         if armed is not None:
             return await cast(Forwarder, self._forwarder).send_armed(exchange, armed)
